@@ -1,0 +1,252 @@
+"""Config files: Python modules whose public top-level names are the recipe's keys.
+
+The keys keep the original ProbFace names (``image_size``, ``loss_weights``, ``restore_model`` ...) so its recipes
+read the same. Every key is declared in ``SCHEMA`` with its accepted types and default; an unknown key or a
+value of the wrong type is an error naming the key and the file, never a silent default.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import types
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    types: tuple
+    default: Any
+    doc: str
+    choices: tuple | None = None
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+_OPT_LIST = (list, tuple, type(None))
+
+SCHEMA: dict[str, Key] = {
+    # ---- input / output (original keys) ----
+    "name": Key((str,), "probface", "run name: runs are written to log_base_dir/name/YYYYmmdd-HHMMSS/"),
+    "log_base_dir": Key((str,), "./log/", "folder that holds the runs"),
+    "summary_interval": Key((int,), 100, "log a training line every N steps (step % N == 0)"),
+    "train_dataset_path": Key(_OPT_STR, None, "image folder, insightface .rec, or '<path> <label>' list file"),
+    "test_data_dir_mx": Key(_OPT_STR, None, "folder of insightface .bin verification files"),
+    "image_size": Key((list, tuple), [96, 96], "network input [height, width] (multiples of 16)"),
+    "channels": Key((int,), 3, "3 = RGB"),
+    "preprocess_train": Key((list,), None, "op list: ['resize', (h, w)], ['random_flip'], ['standardize', 'mean_scale']"),
+    "preprocess_test": Key((list,), None, "op list applied to evaluation images"),
+    "num_gpus": Key((int,), 1, "kept for the original recipes; use distribute_strategy"),
+    # ---- network (original keys) ----
+    "embedding_network": Key((str,), "models/resface64_relu.py", "backbone: original file name or builder name"),
+    "uncertainty_module": Key((str,), "models/uncertainty_module.py", "head: original file name or 'probface'"),
+    "uncertainty_module_input": Key((str,), "conv_final", "backbone end point feeding the head"),
+    "embedding_size": Key((int,), 256, "mu dimension"),
+    "uncertainty_module_output_size": Key((int,), 1, "1 (FastMLS) or embedding_size (D-dim MLS)"),
+    # ---- training strategy (original keys) ----
+    "base_random_seed": Key((int,), 0, "seed of the data sampler"),
+    "batch_size": Key((int,), 128, "images per batch before doubling"),
+    "batch_format": Key((dict,), None, "{'size': batch_size, 'num_classes': identities per batch}"),
+    "epoch_size": Key((int,), 1000, "steps per epoch"),
+    "num_epochs": Key((int,), 12, "epochs"),
+    "learning_rate_strategy": Key((str,), "step", "only 'step' (piecewise constant by global step)", ("step",)),
+    "lr": Key(_NUM, 1e-2, "base learning rate"),
+    "learning_rate_schedule": Key((dict,), None, "{first_step: lr}; the largest key <= global step wins"),
+    "restore_model": Key(_OPT_STR, None, "original run dir / TF1 ckpt, .keras backbone, or our checkpoint dir"),
+    "restore_scopes": Key(_OPT_LIST, None, "only restore variables whose name contains one of these"),
+    "exclude_restore_scopes": Key(_OPT_LIST, None, "skip variables whose name contains one of these"),
+    "weight_decay": Key(_NUM, 5e-4, "L2 on the head's two weight matrices (slim form wd*sum(w^2)/2)"),
+    "keep_prob": Key(_NUM, 1.0, "dropout keep probability before the bottleneck"),
+    "discriminat_metric_type": Key((str,), "triplet_semihard", "ignored by the original (always triplet_semihard) "
+                                   "unless honour_discriminat_metric_type", ("triplet_semihard", "contrastive")),
+    "loss_weights": Key((dict,), None, "{'mls_loss', 'output_constraint_loss', 'discriminate_loss'}"),
+    "output_constraint_type": Key((str,), "", "'L2', 'L1' or '' (no output constraint)"),
+    "s_wd_type": Key((str,), "", "read by nothing in the original; accepted for its recipes"),
+    "s_wd_alpha": Key(_NUM, 0.0, "read by nothing in the original; accepted for its recipes"),
+    # ---- this implementation ----
+    "stage": Key((str,), "probface", "'probface' = train the uncertainty head; 'backbone' = margin-softmax stage 1; "
+                 "'demo' = synthetic data, both stages, evaluation", ("probface", "backbone", "demo")),
+    "backbone_filters": Key(_OPT_LIST, None, "override the stage widths, e.g. [16, 32, 64, 128]"),
+    "backbone_blocks": Key(_OPT_LIST, None, "override the blocks per stage, e.g. [1, 1, 1, 1]"),
+    "triplet_margin": Key(_NUM, 3.0, "margin of the identification-preserving loss"),
+    "honour_discriminat_metric_type": Key((bool,), False, "use discriminat_metric_type (the original ignores it)"),
+    "double_batch": Key((bool,), True, "original: append the test-preprocessed copy of each batch (256 images)"),
+    "max_identities": Key((int, type(None)), 20000, "original: only the first 20000 identities (sorted names)"),
+    "momentum": Key(_NUM, 0.9, "momentum of the SGD optimizer"),
+    "momentum_form": Key((str,), "tf1", "'tf1': acc = m*acc + g; w -= lr*acc  |  'keras': Keras SGD",
+                         ("tf1", "keras")),
+    "eval_contrast_stretch": Key((bool,), True, "original quirk: min-max stretch float .bin images before resize"),
+    "resize_method": Key((str,), "pil_bilinear", "'pil_bilinear' (scipy.misc.imresize, antialiased) or "
+                         "'bilinear' (tf.image.resize without antialias)", ("pil_bilinear", "bilinear")),
+    "test_targets": Key((list, tuple), ["cfp_fp"], "names of .bin files in test_data_dir_mx evaluated each epoch"),
+    "test_bin_paths": Key(_OPT_LIST, None, "explicit .bin paths evaluated each epoch (in addition to targets)"),
+    "eval_batch_size": Key((int,), 128, "feature extraction batch size"),
+    "mixed_precision": Key((str,), "float32", "Keras dtype policy", ("float32", "mixed_float16", "mixed_bfloat16")),
+    "distribute_strategy": Key((str,), "default", "'default', 'mirrored' or 'multi_worker_mirrored'",
+                               ("default", "mirrored", "multi_worker_mirrored")),
+    "feature_cache": Key((bool,), False, "train the head from cached conv_final features (frozen backbone)"),
+    "checkpoint_interval": Key((int,), 1000, "write a training checkpoint every N steps (and at each epoch end)"),
+    "keep_checkpoints": Key((int,), 1, "training checkpoints kept (original: 1)"),
+    "deterministic": Key((bool,), False, "enable TF op determinism (bit-identical resume)"),
+    "strict_data": Key((bool,), False, "unreadable images are an error instead of skipped and counted"),
+    "data_workers": Key((int,), 0, "parallel decode calls (0 = tf.data AUTOTUNE)"),
+    "export_saved_model": Key((bool,), True, "export a SavedModel at each epoch end"),
+    # ---- stage 1 (backbone training) ----
+    "margin_loss": Key((str,), "arcface", "'arcface', 'cosface', 'scaleface' or 'softmax'",
+                       ("arcface", "cosface", "scaleface", "softmax")),
+    "margin_s": Key(_NUM, 64.0, "softmax scale s"),
+    "margin_m": Key(_NUM, 0.5, "angular (ArcFace) or cosine (CosFace) margin m"),
+    "uniform_loss_weight": Key(_NUM, 0.0, "weight of the UniformFace term on class centres (0 = off)"),
+    "num_classes": Key((int, type(None)), None, "classes of the softmax head (None = from the dataset)"),
+    "optimizer": Key((str,), "momentum", "'momentum' or 'adam'", ("momentum", "adam")),
+    # ---- synthetic demo ----
+    "synthetic": Key((dict,), None, "synthetic dataset spec: {'root', 'num_identities', 'images_per_identity', ...}"),
+    "backbone_config": Key((dict,), None, "nested stage-1 recipe for 'demo' runs"),
+    "head_config": Key((dict,), None, "nested head recipe overrides for 'demo' runs"),
+    # ---- baselines ----
+    "head_type": Key((str,), "probface", "'probface', 'pcnet', 'idq', 'mc_dropout'",
+                     ("probface", "pcnet", "idq", "mc_dropout")),
+    "pc_loss_type": Key((str,), "L2", "PCNet regression form", ("L2", "L1")),
+    "idq_target": Key((str,), "soft", "IDQ target form", ("soft", "hard")),
+    "idq_s": Key(_NUM, 16.0, "IDQ sigmoid scale"),
+    "idq_m": Key(_NUM, 0.4, "IDQ margin"),
+    "mc_dropout_rate": Key(_NUM, 0.5, "MC dropout rate"),
+    "mc_samples": Key((int,), 100, "MC dropout passes T"),
+}
+
+
+def _original_defaults(cfg: dict) -> None:
+    """Fill keys whose default depends on other keys, as the original recipes derive them."""
+    h, w = cfg["image_size"]
+    if cfg.get("preprocess_train") is None:
+        cfg["preprocess_train"] = [["resize", (h, w)], ["random_flip"], ["standardize", "mean_scale"]]
+    if cfg.get("preprocess_test") is None:
+        cfg["preprocess_test"] = [["resize", (h, w)], ["standardize", "mean_scale"]]
+    if cfg.get("batch_format") is None:
+        cfg["batch_format"] = {"size": cfg["batch_size"], "num_classes": cfg["batch_size"] // 4}
+    if cfg.get("learning_rate_schedule") is None:
+        cfg["learning_rate_schedule"] = {0: cfg["lr"]}
+    if cfg.get("loss_weights") is None:  # network.py's defaults when the key is absent
+        cfg["loss_weights"] = {"mls_loss": 5.0, "discriminate_loss": 1e-4, "output_constraint_loss": 1e-3}
+
+
+class Config(types.SimpleNamespace):
+    """Attribute access like the original (``config.image_size``) plus ``cfg['key']`` and ``cfg.get``."""
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    def replace(self, **changes) -> "Config":
+        d = self.to_dict()
+        for key, value in changes.items():
+            _check_key(key, value, "<replace>")
+            d[key] = value
+        return Config(**d)
+
+
+def _check_key(key: str, value: Any, source: str) -> None:
+    spec = SCHEMA.get(key)
+    if spec is None:
+        raise ConfigError(f"{source}: unknown config key '{key}'. Known keys: {', '.join(sorted(SCHEMA))}")
+    if value is None and spec.default is None:
+        return
+    if isinstance(value, bool) and bool not in spec.types:
+        raise ConfigError(f"{source}: key '{key}' must be {_type_names(spec.types)}, got bool {value!r}")
+    if not isinstance(value, spec.types):
+        raise ConfigError(
+            f"{source}: key '{key}' must be {_type_names(spec.types)}, got {type(value).__name__} {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{source}: key '{key}' must be one of {list(spec.choices)}, got {value!r}")
+
+
+def _type_names(types_: tuple) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types_)
+
+
+def _validate_values(cfg: dict, source: str) -> None:
+    size = cfg["image_size"]
+    if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 or s % 16 for s in size):
+        raise ConfigError(f"{source}: key 'image_size' must be [height, width], positive multiples of 16, got {size!r}")
+    fmt = cfg["batch_format"]
+    if not {"size", "num_classes"} <= set(fmt):
+        raise ConfigError(f"{source}: key 'batch_format' needs 'size' and 'num_classes', got {fmt!r}")
+    if fmt["num_classes"] <= 0 or fmt["size"] % fmt["num_classes"]:
+        raise ConfigError(f"{source}: key 'batch_format': size {fmt['size']} is not a multiple of "
+                          f"num_classes {fmt['num_classes']}")
+    unknown = set(cfg["loss_weights"]) - {"mls_loss", "output_constraint_loss", "discriminate_loss"}
+    if unknown:
+        raise ConfigError(f"{source}: key 'loss_weights' has unknown entries {sorted(unknown)}")
+    if cfg["output_constraint_type"] not in ("L1", "L2", ""):
+        # The original silently drops the term for any other value; a typo should not do that here.
+        raise ConfigError(f"{source}: key 'output_constraint_type' must be 'L1', 'L2' or '', "
+                          f"got {cfg['output_constraint_type']!r}")
+    if cfg["uncertainty_module_output_size"] not in (1, cfg["embedding_size"]):
+        raise ConfigError(f"{source}: key 'uncertainty_module_output_size' must be 1 or embedding_size "
+                          f"({cfg['embedding_size']}), got {cfg['uncertainty_module_output_size']}")
+    if not cfg["learning_rate_schedule"] or min(cfg["learning_rate_schedule"]) > 0:
+        raise ConfigError(f"{source}: key 'learning_rate_schedule' must have an entry for step 0, "
+                          f"got {cfg['learning_rate_schedule']!r}")
+
+
+def from_dict(values: dict, source: str = "<dict>") -> Config:
+    """Validate ``values`` against the schema, fill defaults and return a Config."""
+    cfg = {}
+    for key, value in values.items():
+        _check_key(key, value, source)
+        cfg[key] = value
+    for key, spec in SCHEMA.items():
+        cfg.setdefault(key, spec.default)
+    cfg["image_size"] = list(cfg["image_size"])
+    _original_defaults(cfg)
+    _validate_values(cfg, source)
+    return Config(**cfg)
+
+
+def _module_values(path: str) -> dict:
+    spec = importlib.util.spec_from_file_location("probface_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the config is user code: report where it broke
+        raise ConfigError(f"{path}: config file failed to execute: {type(exc).__name__}: {exc}") from exc
+    return {k: v for k, v in vars(module).items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a Python literal value (strings may be bare)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as a path
+    return key, value
+
+
+def load_config(path: str, overrides: list[str] | tuple = ()) -> Config:
+    """Load a config file, apply ``key=value`` overrides, validate, and fill defaults."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    values = _module_values(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in SCHEMA:
+            raise ConfigError(f"--set {text!r}: unknown config key '{key}'")
+        if isinstance(SCHEMA[key].default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        values[key] = value
+    return from_dict(values, source=path)

@@ -1,0 +1,47 @@
+"""Backbone + uncertainty head composed into one model with outputs {mu, log_sigma_sq, sigma_sq}."""
+from __future__ import annotations
+
+import keras
+
+from probface_tf.models.resface import SCOPE as BACKBONE_SCOPE, backbone_spec, build_resface
+from probface_tf.models.uncertainty import SCOPE as HEAD_SCOPE, UncertaintyModule
+
+OUTPUT_KEYS = ("mu", "log_sigma_sq", "sigma_sq")
+
+
+def build_probface(embedding_network: str = "resface64_relu", image_size=(96, 96), embedding_size: int = 256,
+                   uncertainty_module_output_size: int = 1, uncertainty_module_input: str = "conv_final",
+                   weight_decay: float = 5e-4, keep_prob: float = 1.0, backbone_filters=None,
+                   backbone_blocks=None, freeze_backbone: bool = True, backbone: keras.Model | None = None,
+                   name: str = "ProbFace") -> keras.Model:
+    """Build the ProbFace model. With ``freeze_backbone`` the backbone's weights are not trainable and its BN
+    layers run in inference mode, as in the original head training."""
+    if backbone is None:
+        spec = backbone_spec(embedding_network, backbone_filters, backbone_blocks)
+        backbone = build_resface(spec, image_size, embedding_size, keep_prob)
+    if uncertainty_module_input not in backbone.output:
+        raise ValueError(f"uncertainty_module_input {uncertainty_module_input!r} is not a backbone end point; "
+                         f"choose one of {sorted(backbone.output)}")
+    backbone.trainable = not freeze_backbone
+    images = keras.Input(backbone.input.shape[1:], name="images")
+    end_points = backbone(images)
+    head = UncertaintyModule(uncertainty_module_output_size, weight_decay=weight_decay)
+    log_sigma_sq = keras.layers.Identity(name="log_sigma_sq", dtype="float32")(head(end_points[uncertainty_module_input]))
+    sigma_sq = keras.layers.Activation("exponential", name="sigma_sq", dtype="float32")(log_sigma_sq)
+    mu = keras.layers.Identity(name="mu_out", dtype="float32")(end_points["mu"])
+    return keras.Model(images, {"mu": mu, "log_sigma_sq": log_sigma_sq, "sigma_sq": sigma_sq}, name=name)
+
+
+def from_config(cfg, freeze_backbone: bool = True) -> keras.Model:
+    """Build the model a config file describes (original keys)."""
+    return build_probface(cfg.embedding_network, cfg.image_size, cfg.embedding_size,
+                          cfg.uncertainty_module_output_size, cfg.uncertainty_module_input, cfg.weight_decay,
+                          cfg.keep_prob, cfg.backbone_filters, cfg.backbone_blocks, freeze_backbone)
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_SCOPE)
+
+
+def head_of(model: keras.Model) -> UncertaintyModule:
+    return model.get_layer(HEAD_SCOPE)

@@ -1,0 +1,1 @@
+"""probface_tf.train"""
