@@ -45,3 +45,30 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def head_of(model: keras.Model) -> UncertaintyModule:
     return model.get_layer(HEAD_SCOPE)
+
+
+def expected_image_shape(model: keras.Model) -> tuple[int, int, int]:
+    _, h, w, c = model.input.shape
+    return int(h), int(w), int(c)
+
+
+def check_images(images, model: keras.Model):
+    """Raise a ValueError naming the expected shape unless ``images`` is [N, H, W, C] for this model."""
+    h, w, c = expected_image_shape(model)
+    shape = tuple(getattr(images, "shape", ()))
+    if len(shape) != 4 or tuple(int(d) for d in shape[1:]) != (h, w, c):
+        raise ValueError(f"{model.name} expects preprocessed images of shape [N, {h}, {w}, {c}] "
+                         f"(float32, e.g. (x - 128) / 128); got shape {shape}")
+    return images
+
+
+def predict(model: keras.Model, images, batch_size: int = 128) -> dict:
+    """Run ``model`` in inference mode over ``images`` in batches; returns numpy arrays per output."""
+    import numpy as np
+    import tensorflow as tf
+
+    check_images(images, model)
+    step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    parts = [step(tf.convert_to_tensor(images[i:i + batch_size], tf.float32))
+             for i in range(0, len(images), batch_size)]
+    return {k: np.concatenate([p[k].numpy() for p in parts]) for k in OUTPUT_KEYS}

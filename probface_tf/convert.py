@@ -1,0 +1,198 @@
+"""Original TF1 checkpoints -> Keras ProbFace models, by the original variable names.
+
+``probface-convert RUN_DIR_OR_CKPT --out model.keras`` reads a ResFace64 base model or a full ProbFace model
+(``UncertaintyModule/...`` variables). The architecture (widths, depths, fusion, input size, embedding size,
+sigma size) is read off the checkpoint's variable shapes, so no config is needed; a config, when given, is
+checked against it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import numpy as np
+
+from probface_tf.models.resface import BackboneSpec, STAGE_NAMES, conv_final_size, tf1_variable_map
+from probface_tf.models.probface import backbone_of, build_probface, head_of
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found, read, or mapped onto the model; the message lists what is wrong."""
+
+
+_STEP = re.compile(r"-(\d+)\.index$")
+
+
+def find_checkpoint(path: str) -> str:
+    """Resolve a checkpoint prefix from a prefix, an ``.index`` file, or a run directory.
+
+    In a directory the ``checkpoint`` state file wins; otherwise the ``*.index`` with the largest step (the
+    original ``model-....ckpt-N`` files and our ``ckpt-N`` both match).
+    """
+    import tensorflow as tf
+
+    if path.endswith(".index"):
+        path = path[: -len(".index")]
+    if os.path.isfile(path + ".index"):
+        return path
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint not found: {path} (no such directory and no {path}.index)")
+    latest = tf.train.latest_checkpoint(path)
+    if latest and os.path.isfile(latest + ".index"):
+        return latest
+    indexes = [f for f in os.listdir(path) if f.endswith(".index")]
+    if not indexes:
+        raise CheckpointError(f"no TF1 checkpoint (*.index) in directory {path}")
+    best = max(indexes, key=lambda f: int(_STEP.search(f).group(1)) if _STEP.search(f) else -1)
+    return os.path.join(path, best[: -len(".index")])
+
+
+def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except Exception as exc:  # corrupt or not a checkpoint
+        raise CheckpointError(f"cannot read checkpoint {prefix}: {exc}") from None
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def infer_architecture(values: dict[str, np.ndarray]) -> dict:
+    """Backbone widths/depths, fusion, image size, embedding and sigma sizes from variable shapes."""
+    try:
+        filters = tuple(int(values[f"Resface/{s}/{s}_pre/weights"].shape[-1]) for s in STAGE_NAMES)
+        bottleneck = values["Resface/Bottleneck/weights"]
+    except KeyError as exc:
+        raise CheckpointError(f"not a ResFace checkpoint: missing variable {exc.args[0]}") from None
+    blocks = []
+    for k in range(1, 5):
+        pattern = re.compile(rf"^Resface/Conv{k}/Conv_{k}/Conv_{k}_(\d+)/Conv/weights$")
+        blocks.append(max([int(m.group(1)) for n in values if (m := pattern.match(n))], default=0))
+    cells = bottleneck.shape[0] // filters[-1]
+    side = int(round(np.sqrt(cells)))
+    if side * side * filters[-1] != bottleneck.shape[0]:
+        raise CheckpointError(f"Bottleneck input {bottleneck.shape[0]} is not a square map of {filters[-1]} "
+                              "channels; pass image_size explicitly")
+    arch = {"backbone_filters": list(filters), "backbone_blocks": blocks, "image_size": [16 * side, 16 * side],
+            "embedding_size": int(bottleneck.shape[1]), "fusion": False, "uncertainty_module_output_size": None}
+    fc1 = values.get("UncertaintyModule/fc1/weights")
+    if fc1 is not None:
+        arch["fusion"] = fc1.shape[0] == bottleneck.shape[0] + sum(filters)
+        arch["uncertainty_module_output_size"] = int(values["UncertaintyModule/fc_log_sigma_sq/weights"].shape[1])
+    return arch
+
+
+def _scoped(names, restore_scopes, exclude_restore_scopes):
+    """The original filters: keep names containing a restore scope, drop names containing an excluded one."""
+    keep = [n for n in names if not restore_scopes or any(s in n for s in restore_scopes)]
+    return [n for n in keep if not any(s in n for s in (exclude_restore_scopes or ()))]
+
+
+def assign_checkpoint(model, values: dict[str, np.ndarray], allow_missing_head: bool = False,
+                      restore_scopes=None, exclude_restore_scopes=None, source: str = "checkpoint") -> list[str]:
+    """Assign checkpoint arrays to the model's variables by original name; returns the names assigned.
+
+    Every model variable must be found with the right shape, except head variables when
+    ``allow_missing_head`` (a backbone-only base model: the head stays freshly initialised) and variables
+    filtered out by ``restore_scopes``/``exclude_restore_scopes``. Checkpoint variables outside the Resface and
+    UncertaintyModule scopes (optimizer slots, global_step, centers...) are ignored; unknown ones inside them
+    are reported.
+    """
+    targets = {**tf1_variable_map(backbone_of(model)), **head_of(model).tf1_variable_map()}
+    wanted = _scoped(list(targets), restore_scopes, exclude_restore_scopes)
+    missing = [n for n in wanted if n not in values
+               and not (allow_missing_head and n.startswith("UncertaintyModule/"))]
+    ours = [n for n in values if n.startswith(("Resface/", "UncertaintyModule/")) and "Momentum" not in n]
+    unexpected = [n for n in _scoped(ours, restore_scopes, exclude_restore_scopes) if n not in targets]
+    mismatched = [f"{n}: checkpoint {tuple(values[n].shape)} vs model {tuple(targets[n].shape)}"
+                  for n in wanted if n in values and tuple(values[n].shape) != tuple(targets[n].shape)]
+    problems = []
+    for title, items in (("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected),
+                         ("shape mismatch", mismatched)):
+        if items:
+            shown = "\n  ".join(items[:20]) + (f"\n  ... and {len(items) - 20} more" if len(items) > 20 else "")
+            problems.append(f"{len(items)} variable(s) {title}:\n  {shown}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model:\n" + "\n".join(problems))
+    assigned = [n for n in wanted if n in values]
+    for name in assigned:
+        targets[name].assign(values[name].astype(np.float32))
+    return assigned
+
+
+def load_tf1_checkpoint(path: str, cfg=None, allow_missing_head: bool = False, restore_scopes=None,
+                        exclude_restore_scopes=None, freeze_backbone: bool = True):
+    """Build the Keras ProbFace model an original checkpoint describes and load its weights.
+
+    ``cfg`` (a Config) is optional; when given, its architecture keys must agree with the checkpoint.
+    A backbone-only checkpoint needs ``allow_missing_head=True`` (or the original exclusion
+    ``exclude_restore_scopes=['UncertaintyModule']``); its head then takes ``cfg``'s sigma size (default 1).
+    """
+    prefix = find_checkpoint(path)
+    values = read_checkpoint(prefix)
+    arch = infer_architecture(values)
+    out_size = arch["uncertainty_module_output_size"]
+    if out_size is None:
+        if not (allow_missing_head or any("UncertaintyModule" in s for s in exclude_restore_scopes or ())):
+            raise CheckpointError(f"{prefix} has no UncertaintyModule variables (a backbone-only base model); "
+                                  "convert with --allow_missing_head to start a fresh head")
+        allow_missing_head = True
+        out_size = cfg.uncertainty_module_output_size if cfg is not None else 1
+    spec = BackboneSpec(tuple(arch["backbone_filters"]), tuple(arch["backbone_blocks"]), arch["fusion"])
+    if cfg is not None:
+        _check_against_config(arch, out_size, spec, cfg, prefix)
+    model = build_probface(image_size=arch["image_size"], embedding_size=arch["embedding_size"],
+                           uncertainty_module_output_size=out_size,
+                           weight_decay=cfg.weight_decay if cfg is not None else 5e-4,
+                           backbone_filters=spec.filters, backbone_blocks=spec.blocks,
+                           embedding_network="resface64_relu_m" if spec.fusion else "resface64_relu",
+                           freeze_backbone=freeze_backbone)
+    assign_checkpoint(model, values, allow_missing_head, restore_scopes, exclude_restore_scopes, source=prefix)
+    return model
+
+
+def _check_against_config(arch, out_size, spec, cfg, prefix):
+    from probface_tf.models.resface import backbone_spec
+
+    want = backbone_spec(cfg.embedding_network, cfg.backbone_filters, cfg.backbone_blocks)
+    pairs = [("embedding_size", cfg.embedding_size, arch["embedding_size"]),
+             ("uncertainty_module_output_size", cfg.uncertainty_module_output_size, out_size),
+             ("backbone filters", list(want.filters), list(spec.filters)),
+             ("backbone blocks", list(want.blocks), list(spec.blocks)),
+             ("fusion (_m backbone)", want.fusion, spec.fusion),
+             ("conv_final size", conv_final_size(want, cfg.image_size), conv_final_size(spec, arch["image_size"]))]
+    bad = [f"{k}: config {a} vs checkpoint {b}" for k, a, b in pairs if a != b]
+    if bad:
+        raise CheckpointError(f"{prefix} does not match the config:\n  " + "\n  ".join(bad))
+
+
+def run(argv=None) -> int:
+    """Console script ``probface-convert``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="probface-convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="original run directory, checkpoint prefix, or .index file")
+    parser.add_argument("--out", required=True, help="output .keras file")
+    parser.add_argument("--config", help="config file to check the checkpoint against (optional)")
+    parser.add_argument("--allow_missing_head", action="store_true",
+                        help="a backbone-only checkpoint: keep a freshly initialised UncertaintyModule")
+    args = parser.parse_args(argv)
+    try:
+        from probface_tf.config import load_config
+
+        cfg = load_config(args.config) if args.config else None
+        model = load_tf1_checkpoint(args.checkpoint, cfg, allow_missing_head=args.allow_missing_head)
+        if not args.out.endswith(".keras"):
+            raise CheckpointError(f"--out must end with .keras, got {args.out}")
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        model.save(args.out)
+    except (CheckpointError, ValueError) as exc:
+        print(f"probface-convert: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
