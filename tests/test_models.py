@@ -123,3 +123,20 @@ def test_unknown_backbone_and_end_point():
         build_probface("models/resnet50.py")
     with pytest.raises(ValueError, match="not a backbone end point"):
         build_probface(**TINY, uncertainty_module_input="Conv5")
+
+
+def test_folded_inference_model_matches_unfolded():
+    from probface_tf.models.inference import fold_batch_norm
+
+    rng = np.random.default_rng(7)
+    model = build_probface(**{**TINY, "backbone_blocks": (1, 2, 1, 1)}, embedding_network="resface64_relu_m")
+    for w in model.weights:
+        noise = rng.uniform(0.5, 1.5, w.shape) if "moving_variance" in w.path else w.numpy() + rng.normal(0, .05, w.shape)
+        w.assign(noise.astype(np.float32))
+    x = rng.normal(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    ref, folded = predict(model, x), predict(fold_batch_norm(model), x)
+    for k in ref:
+        np.testing.assert_allclose(folded[k], ref[k], atol=2e-6)
+    assert not any("BatchNorm" in l.name for l in backbone_of(fold_batch_norm(model)).layers)
+    bf16 = predict(fold_batch_norm(model, compute_dtype="bfloat16"), x)
+    assert bf16["mu"].dtype == np.float32 and np.abs(bf16["mu"] - ref["mu"]).max() < 0.05

@@ -53,19 +53,21 @@ def backbone_spec(embedding_network: str, filters=None, blocks=None) -> Backbone
                         fusion=spec.fusion)
 
 
-def _conv_bn_relu(x, filters, name, stride=1, initializer="glorot_uniform"):
-    # slim.conv2d with a batch_norm normalizer: no bias, conv -> BN -> ReLU.
-    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+def _conv_bn_relu(x, filters, name, stride=1, initializer="glorot_uniform", folded=False):
+    # slim.conv2d with a batch_norm normalizer: no bias, conv -> BN -> ReLU. ``folded``: BN folded into
+    # the conv's kernel and bias (inference only; see probface_tf.models.inference).
+    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=folded,
                             kernel_initializer=initializer, name=name)(x)
-    x = keras.layers.BatchNormalization(momentum=BN_DECAY, epsilon=BN_EPSILON, name=name + ".BatchNorm")(x)
+    if not folded:
+        x = keras.layers.BatchNormalization(momentum=BN_DECAY, epsilon=BN_EPSILON, name=name + ".BatchNorm")(x)
     return keras.layers.ReLU(name=name + ".Relu")(x)
 
 
-def _resface_block(x, filters, name):
+def _resface_block(x, filters, name, folded=False):
     # Two convs with truncated-normal(0.01) weights; the sum is not followed by a ReLU.
     init = keras.initializers.TruncatedNormal(stddev=0.01)
-    y = _conv_bn_relu(x, filters, name + ".Conv", initializer=init)
-    y = _conv_bn_relu(y, filters, name + ".Conv_1", initializer=init)
+    y = _conv_bn_relu(x, filters, name + ".Conv", initializer=init, folded=folded)
+    y = _conv_bn_relu(y, filters, name + ".Conv_1", initializer=init, folded=folded)
     return keras.layers.Add(name=name + ".add")([x, y])
 
 
@@ -77,8 +79,12 @@ def _check_image_size(image_size) -> tuple[int, int]:
 
 
 def build_resface(spec: BackboneSpec | str = "resface64_relu", image_size=(96, 96), embedding_size: int = 256,
-                  keep_prob: float = 1.0, channels: int = 3, name: str = SCOPE) -> keras.Model:
-    """Build a ResFace backbone; outputs the original end_points dict."""
+                  keep_prob: float = 1.0, channels: int = 3, name: str = SCOPE,
+                  folded: bool = False) -> keras.Model:
+    """Build a ResFace backbone; outputs the original end_points dict.
+
+    ``folded`` builds the inference-only form whose convs and bottleneck carry a bias in place of BN.
+    """
     if isinstance(spec, str):
         spec = backbone_spec(spec)
     h, w = _check_image_size(image_size)
@@ -86,9 +92,9 @@ def build_resface(spec: BackboneSpec | str = "resface64_relu", image_size=(96, 9
     end_points = {}
     x = images
     for k, (stage, filters, blocks) in enumerate(zip(STAGE_NAMES, spec.filters, spec.blocks), start=1):
-        x = _conv_bn_relu(x, filters, f"{stage}.{stage}_pre", stride=2)
+        x = _conv_bn_relu(x, filters, f"{stage}.{stage}_pre", stride=2, folded=folded)
         for b in range(1, blocks + 1):  # slim.repeat names: Conv_k/Conv_k_1 .. Conv_k_n
-            x = _resface_block(x, filters, f"{stage}.Conv_{k}.Conv_{k}_{b}")
+            x = _resface_block(x, filters, f"{stage}.Conv_{k}.Conv_{k}_{b}", folded)
         end_points[stage] = keras.layers.Identity(name=stage)(x)
     flat = keras.layers.Flatten(name="Logits.Flatten")(x)  # row-major NHWC, as tf.reshape
     flat = keras.layers.Dropout(1.0 - keep_prob, name="Logits.Dropout")(flat)
@@ -98,9 +104,10 @@ def build_resface(spec: BackboneSpec | str = "resface64_relu", image_size=(96, 9
                   for s in STAGE_NAMES]
         conv_final = keras.layers.Concatenate(name="conv_final.concat")([flat] + pooled)
     end_points["conv_final"] = keras.layers.Identity(name="conv_final")(conv_final)
-    z = keras.layers.Dense(embedding_size, use_bias=False, kernel_initializer="glorot_uniform",
+    z = keras.layers.Dense(embedding_size, use_bias=folded, kernel_initializer="glorot_uniform",
                            name="Bottleneck")(flat)
-    z = keras.layers.BatchNormalization(momentum=BN_DECAY, epsilon=BN_EPSILON, name="Bottleneck.BatchNorm")(z)
+    if not folded:
+        z = keras.layers.BatchNormalization(momentum=BN_DECAY, epsilon=BN_EPSILON, name="Bottleneck.BatchNorm")(z)
     end_points["mu"] = L2Normalize(name="mu", dtype="float32")(z)
     return keras.Model(images, end_points, name=name)
 
