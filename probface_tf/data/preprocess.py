@@ -1,0 +1,287 @@
+"""The original ProbFace image preprocessing, as TensorFlow ops.
+
+Everything here is graph-safe (tf.data map functions, ``tf.function``, SavedModel signatures) and reproduces the
+original NumPy/SciPy pipeline number for number:
+
+* ``resize`` = ``scipy.misc.imresize`` = Pillow ``BILINEAR`` on uint8 RGB: a separable triangle filter widened by
+  the scale factor when down-scaling (antialiasing), 22-bit fixed-point coefficients, a horizontal pass rounded
+  to uint8, then a vertical pass rounded to uint8. ``resize_method='pil_bilinear'`` rebuilds exactly those
+  integer coefficients and applies them with float64 matrix products, whose integer sums are exact, so the
+  result is bit-identical to the Pillow of the original (Pillow 13 runs the vertical pass first when the
+  height shrinks much more than the width; there it can differ by one level). ``'bilinear'`` is plain
+  ``tf.image.resize`` (no antialias), rounded.
+* The quirk of ``imresize`` on non-uint8 input: the image is first "bytescaled", a per-image min-max stretch
+  over all channels, ``uint8((x - min) * 255 / (max - min) + 0.5)`` (``max == min`` gives all zeros). The
+  original's evaluation images (.bin) are float32 and so are stretched; its training images are uint8 and are
+  not. ``contrast_stretch=False`` switches the quirk off (float input is then rounded and clipped to [0, 255]).
+* ``random_flip`` (left-right with probability 1/2 per image), ``standardize`` (``'mean_scale'``:
+  ``(x - 128) / 128``, ``'scale'``: ``x / 255``), ``center_crop``, ``random_crop`` and ``padding``.
+
+An op list is the original config form, e.g. ``[['resize', (96, 96)], ['random_flip'], ['standardize',
+'mean_scale']]``, applied in order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from probface_tf.data.errors import PreprocessError
+
+RESIZE_METHODS = ("pil_bilinear", "bilinear")
+STANDARDIZE_MODES = ("mean_scale", "scale")
+# name -> number of arguments after the name
+_OP_ARITY = {"resize": 1, "random_flip": 0, "standardize": 1, "center_crop": 1, "random_crop": 1, "padding": 1}
+# Registered in the original but used by none of its recipes.
+_NOT_IMPLEMENTED = ("random_shift", "random_interpolate", "random_downsample", "expand_flip", "five_crop",
+                    "ten_crop", "cutout", "rotate", "gaussian_blur")
+
+_PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images: 32 - 8 - 2
+_ONE = float(1 << _PRECISION_BITS)
+_HALF = float(1 << (_PRECISION_BITS - 1))
+
+
+def decode_image(encoded, channels: int = 3) -> tf.Tensor:
+    """Decode JPEG/PNG/BMP/GIF bytes to ``uint8 [H, W, channels]`` (RGB for 3; first frame of a GIF).
+
+    JPEGs use the accurate integer DCT: TensorFlow's default (the fast DCT) differs from Pillow, the original's
+    decoder, by up to ~12 levels; the accurate one gives Pillow's pixels exactly.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=channels, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8, expand_animations=False))
+    return tf.ensure_shape(image, [None, None, channels])
+
+
+# ---------------------------------------------------------------------------------------------- op parsing
+def parse_ops(ops) -> list[tuple[str, tuple]]:
+    """Validate an op list and return ``[(name, args), ...]``; errors name the op and its position."""
+    if ops is None:
+        raise PreprocessError("preprocessing op list is None")
+    parsed = []
+    for pos, op in enumerate(ops):
+        if isinstance(op, str):
+            op = [op]
+        if not isinstance(op, (list, tuple)) or not op or not isinstance(op[0], str):
+            raise PreprocessError(f"preprocessing op #{pos} must be ['name', args...], got {op!r}")
+        name, args = op[0], tuple(op[1:])
+        if name in _NOT_IMPLEMENTED:
+            raise PreprocessError(f"preprocessing op #{pos} '{name}' exists in the original but is used by none "
+                                  f"of its recipes and is not implemented; supported: {sorted(_OP_ARITY)}")
+        if name not in _OP_ARITY:
+            raise PreprocessError(f"unknown preprocessing op #{pos} '{name}'; supported: {sorted(_OP_ARITY)}")
+        if len(args) != _OP_ARITY[name]:
+            raise PreprocessError(f"preprocessing op #{pos} '{name}' takes {_OP_ARITY[name]} argument(s), "
+                                  f"got {list(args)!r}")
+        parsed.append((name, _check_args(name, args, pos)))
+    return parsed
+
+
+def _check_args(name: str, args: tuple, pos: int) -> tuple:
+    if name in ("resize", "center_crop", "random_crop"):
+        return (_int_tuple(args[0], (2,), name, pos),)
+    if name == "padding":
+        return (_int_tuple(args[0], (2, 4), name, pos, minimum=0),)
+    if name == "standardize" and args[0] not in STANDARDIZE_MODES:
+        raise PreprocessError(f"preprocessing op #{pos} 'standardize': mode must be one of "
+                              f"{list(STANDARDIZE_MODES)}, got {args[0]!r}")
+    return args
+
+
+def _int_tuple(value, lengths, name, pos, minimum=1) -> tuple:
+    ok = isinstance(value, (list, tuple)) and len(value) in lengths and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum for v in value)
+    if not ok:
+        raise PreprocessError(f"preprocessing op #{pos} '{name}': expected {' or '.join(map(str, lengths))} "
+                              f"integers >= {minimum}, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def preprocess_batch(images, ops, training: bool = False, contrast_stretch: bool = True,
+                     resize_method: str = "pil_bilinear", seed=None) -> tf.Tensor:
+    """Apply the original op list to a batch; returns ``float32 [N, h, w, C]``.
+
+    ``images``: uint8 or float ``[N, H, W, C]`` (float images hold values in [0, 255]). Random ops
+    (``random_flip``, ``random_crop``) act only when ``training``; otherwise a flip is skipped and a random crop
+    is a center crop. ``seed``: optional int ``[2]`` tensor making the random ops stateless (deterministic).
+    """
+    steps = parse_ops(ops)
+    if resize_method not in RESIZE_METHODS:
+        raise PreprocessError(f"resize_method must be one of {list(RESIZE_METHODS)}, got {resize_method!r}")
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank is not None and images.shape.rank != 4:
+        raise PreprocessError(f"images must be a batch [N, H, W, C], got shape {images.shape.as_list()}")
+    if not (images.dtype == tf.uint8 or images.dtype.is_floating):
+        raise PreprocessError(f"images must be uint8 or float, got {images.dtype.name}")
+    # The original keeps the array's dtype through resize/flip/crop; only non-uint8 arrays get stretched.
+    holds_uint8 = images.dtype == tf.uint8
+    x = tf.cast(images, tf.float32)
+    for index, (name, args) in enumerate(steps):
+        op_seed = None if seed is None else tf.random.experimental.stateless_fold_in(
+            tf.cast(seed, tf.int64), index)
+        if name == "resize":
+            if not holds_uint8:
+                x = bytescale(x) if contrast_stretch else tf.clip_by_value(tf.round(x), 0.0, 255.0)
+            x = resize(x, args[0], resize_method)
+        elif name == "random_flip":
+            if training:
+                x = random_flip(x, op_seed)
+        elif name == "standardize":
+            x = standardize(x, args[0])
+            holds_uint8 = False
+        elif name == "center_crop":
+            x = center_crop(x, args[0])
+        elif name == "random_crop":
+            x = random_crop(x, args[0], op_seed) if training else center_crop(x, args[0])
+        elif name == "padding":
+            x = padding(x, args[0])
+    return x
+
+
+def preprocess_from_config(images, cfg, training: bool, seed=None) -> tf.Tensor:
+    """``preprocess_batch`` with ``cfg.preprocess_train`` / ``cfg.preprocess_test``, ``cfg.eval_contrast_stretch``
+    and ``cfg.resize_method``. Pass .bin images as float32 to reproduce the original's evaluation stretch."""
+    ops = cfg["preprocess_train"] if training else cfg["preprocess_test"]
+    return preprocess_batch(images, ops, training=training, contrast_stretch=cfg["eval_contrast_stretch"],
+                            resize_method=cfg["resize_method"], seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------- ops
+def bytescale(x: tf.Tensor) -> tf.Tensor:
+    """Per-image min-max stretch to uint8 values, as ``scipy.misc.bytescale`` with default arguments."""
+    x = tf.cast(x, tf.float32)
+    lo = tf.reduce_min(x, axis=[1, 2, 3], keepdims=True)
+    hi = tf.reduce_max(x, axis=[1, 2, 3], keepdims=True)
+    span = hi - lo
+    span = tf.where(span == 0.0, tf.ones_like(span), span)  # scipy: a flat image maps to 0, not NaN
+    # scipy computes 255/span in float64 and then multiplies the float32 array by it in float32.
+    scale = tf.cast(255.0 / tf.cast(span, tf.float64), tf.float32)
+    return tf.floor(tf.clip_by_value((x - lo) * scale, 0.0, 255.0) + 0.5)
+
+
+def resize(x: tf.Tensor, size, method: str = "pil_bilinear") -> tf.Tensor:
+    """Resize ``[N, H, W, C]`` images holding uint8 values to ``size = (h, w)``; uint8 values out (as float32)."""
+    h, w = size
+    if method == "bilinear":
+        y = tf.image.resize(x, (h, w), method="bilinear", antialias=False)
+        return tf.clip_by_value(tf.floor(y + 0.5), 0.0, 255.0)
+    in_h, in_w = x.shape[1], x.shape[2]
+    if in_h == h and in_w == w:  # Pillow returns a copy for an unchanged size
+        return x
+    x = tf.cast(x, tf.float64)
+    if in_w != w:  # Pillow: horizontal pass first, rounded to uint8
+        wx = _pil_coefficients(in_w, w) if in_w is not None else _pil_coefficients_tf(tf.shape(x)[2], w)
+        x = _fixed_point_round(tf.einsum("nhwc,ow->nhoc", x, wx))
+    if in_h != h:
+        wy = _pil_coefficients(in_h, h) if in_h is not None else _pil_coefficients_tf(tf.shape(x)[1], h)
+        x = _fixed_point_round(tf.einsum("nhwc,oh->nowc", x, wy))
+    return tf.cast(x, tf.float32)
+
+
+def _fixed_point_round(acc: tf.Tensor) -> tf.Tensor:
+    # Pillow: start each sum at 2^21, arithmetic shift right by 22, clip to [0, 255]; exact in float64.
+    return tf.clip_by_value(tf.floor((acc + _HALF) / _ONE), 0.0, 255.0)
+
+
+def _pil_coefficients(in_size: int, out_size: int) -> tf.Tensor:
+    """Pillow's fixed-point bilinear coefficients as a dense float64 ``[out_size, in_size]`` matrix."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    inv = 1.0 / filterscale
+    matrix = np.zeros((out_size, in_size), np.float64)
+    for out in range(out_size):
+        center = 0.0 + (out + 0.5) * scale
+        first = max(int(center - support + 0.5), 0)
+        count = min(int(center + support + 0.5), in_size) - first
+        weights = [max(0.0, 1.0 - abs((i - center + 0.5) * inv)) for i in range(first, first + count)]
+        total = 0.0
+        for wgt in weights:  # summed in Pillow's order so the normalisation rounds identically
+            total += wgt
+        for offset, wgt in enumerate(weights):
+            k = wgt / total if total != 0.0 else wgt
+            matrix[out, first + offset] = float(int(0.5 + k * _ONE))
+    return tf.constant(matrix)
+
+
+def _pil_coefficients_tf(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
+    """The same matrix built with TF ops, for inputs whose size is only known at run time."""
+    n_in = tf.cast(in_size, tf.float64)
+    scale = n_in / float(out_size)
+    filterscale = tf.maximum(scale, 1.0)
+    inv = 1.0 / filterscale
+    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
+    first = tf.maximum(tf.floor(center - filterscale + 0.5), 0.0)[:, None]
+    stop = tf.minimum(tf.floor(center + filterscale + 0.5), n_in)[:, None]
+    pos = tf.range(n_in, dtype=tf.float64)[None, :]
+    weights = tf.maximum(tf.constant(0.0, tf.float64), 1.0 - tf.abs((pos - center[:, None] + 0.5) * inv))
+    weights = tf.where((pos >= first) & (pos < stop), weights, tf.zeros_like(weights))
+    # A running sum adds the taps left to right, like Pillow; the zeros before the window add nothing.
+    total = tf.math.cumsum(weights, axis=1)[:, -1:]
+    return tf.floor(0.5 + tf.math.divide_no_nan(weights, total) * _ONE)
+
+
+def random_flip(x: tf.Tensor, seed=None) -> tf.Tensor:
+    """Flip each image left-right when its uniform draw is >= 0.5 (the original's test)."""
+    n = tf.shape(x)[0]
+    draw = tf.random.uniform([n]) if seed is None else tf.random.stateless_uniform([n], seed=seed)
+    return tf.where((draw >= 0.5)[:, None, None, None], tf.reverse(x, axis=[2]), x)
+
+
+def standardize(x: tf.Tensor, mode: str) -> tf.Tensor:
+    if mode == "mean_scale":
+        return (x - 128.0) / 128.0
+    if mode == "scale":
+        return x / 255.0
+    raise PreprocessError(f"standardize: mode must be one of {list(STANDARDIZE_MODES)}, got {mode!r}")
+
+
+def center_crop(x: tf.Tensor, size) -> tf.Tensor:
+    """Crop at ``round(0.5 * (H - h))`` (Python's round: halves to even), as the original."""
+    h, w = size
+    in_h, in_w = _checked_spatial(x, size, "center_crop")
+    top = tf.cast(tf.round(0.5 * tf.cast(in_h - h, tf.float64)), tf.int32)
+    left = tf.cast(tf.round(0.5 * tf.cast(in_w - w, tf.float64)), tf.int32)
+    return x[:, top:top + h, left:left + w, :]
+
+
+def random_crop(x: tf.Tensor, size, seed=None) -> tf.Tensor:
+    """Crop each image at its own uniform offset in ``[0, H - h] x [0, W - w]``."""
+    h, w = size
+    in_h, in_w = _checked_spatial(x, size, "random_crop")
+    n = tf.shape(x)[0]
+    if seed is None:
+        top = tf.random.uniform([n], 0, in_h - h + 1, dtype=tf.int32)
+        left = tf.random.uniform([n], 0, in_w - w + 1, dtype=tf.int32)
+    else:
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        top = tf.random.stateless_uniform([n], seeds[0], 0, in_h - h + 1, dtype=tf.int32)
+        left = tf.random.stateless_uniform([n], seeds[1], 0, in_w - w + 1, dtype=tf.int32)
+    rows = top[:, None] + tf.range(h)[None, :]
+    cols = left[:, None] + tf.range(w)[None, :]
+    x = tf.gather(x, rows, axis=1, batch_dims=1)
+    return tf.gather(x, cols, axis=2, batch_dims=1)
+
+
+def padding(x: tf.Tensor, pads) -> tf.Tensor:
+    """Zero padding ``(vertical, horizontal)`` or ``(top, bottom, left, right)``.
+
+    Original quirk kept: the new width is ``W + left + bottom``, so the right margin equals the bottom one.
+    """
+    top, bottom, left = (pads[0], pads[0], pads[1]) if len(pads) == 2 else pads[:3]
+    return tf.pad(x, [[0, 0], [top, bottom], [left, bottom], [0, 0]])
+
+
+def _checked_spatial(x: tf.Tensor, size, op: str):
+    h, w = size
+    in_h, in_w = x.shape[1], x.shape[2]
+    if in_h is not None and in_w is not None:
+        if in_h < h or in_w < w:
+            raise PreprocessError(f"{op}: crop {h}x{w} is larger than the images {in_h}x{in_w}")
+        return in_h, in_w
+    shape = tf.shape(x)
+    tf.debugging.assert_greater_equal(shape[1:3], tf.constant([h, w]),
+                                      message=f"{op}: crop {h}x{w} is larger than the images")
+    return shape[1], shape[2]
