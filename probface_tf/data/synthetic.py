@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from probface_tf.data.errors import DataError
+
 # Bump when the rendering changes: a manifest of another version is regenerated.
 GENERATOR_VERSION = 1
 SEVERITY_MODES = ("mixed", "uniform", "clean")
@@ -51,7 +53,7 @@ _OUTPUT_NAMES = (MANIFEST, TRAIN_DIR, HELDOUT_DIR, SEVERITY_CSV, BIN_NAME, BIN_S
 _IDENTITY, _NUISANCE, _SEVERITY, _DEGRADE, _PAIRS = range(5)
 
 
-class SyntheticDataError(ValueError):
+class SyntheticDataError(DataError):
     """Invalid synthetic-dataset arguments, or an output folder that is not ours to overwrite."""
 
 
