@@ -1,0 +1,31 @@
+"""A minute-long head-training recipe on generated data (used by the tests and as a smoke run).
+
+A narrow ResFace at 32x32 with a random frozen backbone (no restore_model), trained from the feature cache.
+The synthetic identities are generated under train_dataset_path on first use.
+"""
+name = 'tiny'
+log_base_dir = './log/'
+summary_interval = 10
+train_dataset_path = 'data/tiny_synth/train'
+synthetic = {'root': 'data/tiny_synth', 'num_identities': 40, 'images_per_identity': 6, 'seed': 0}
+test_bin_paths = ['data/tiny_synth/synth_val.bin']
+test_targets = []
+image_size = [32, 32]
+embedding_network = 'resface64_relu'
+backbone_filters = [8, 16, 16, 32]
+backbone_blocks = [1, 1, 1, 1]
+embedding_size = 32
+uncertainty_module_output_size = 1
+batch_size = 32
+batch_format = {'size': 32, 'num_classes': 8}
+epoch_size = 30
+num_epochs = 2
+lr = 1e-2
+learning_rate_schedule = {0: lr, 40: 0.1 * lr}
+weight_decay = 5e-4
+loss_weights = {'mls_loss': 1.0, 'output_constraint_loss': 0.001, 'discriminate_loss': 0.001}
+output_constraint_type = 'L2'
+feature_cache = True
+checkpoint_interval = 10
+eval_batch_size = 64
+deterministic = True

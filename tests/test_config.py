@@ -1,0 +1,64 @@
+"""Config loading: original recipes read with their values; unknown keys and wrong types are named."""
+import pytest
+
+from probface_tf.config import ConfigError, load_config
+from probface_tf.train.schedule import learning_rate_at
+
+
+def test_original_recipe_values():
+    cfg = load_config("configs/resface64_msarcface.py")
+    assert cfg.batch_format == {"size": 128, "num_classes": 32}
+    assert cfg.loss_weights == {"mls_loss": 1.0, "output_constraint_loss": 0.001, "discriminate_loss": 0.001}
+    assert cfg.exclude_restore_scopes == ["center_loss", "centers", "UncertaintyModule"]
+    assert cfg.double_batch and cfg.max_identities == 20000 and cfg.momentum_form == "tf1"
+    # One LR decay at step 6000 (ORIGINAL_SPEC §10).
+    assert [learning_rate_at(s, cfg.learning_rate_schedule) for s in (0, 5999, 6000, 11999)] == \
+        [0.01, 0.01, 0.001, 0.001]
+
+
+@pytest.mark.parametrize("name,network,out", [("resface64m_msarcface", "models/resface64_relu_m.py", 1),
+                                              ("resface64s2_msarcface", "models/resface64s2_relu_v3.py", 1),
+                                              ("resface64s2m_msarcface", "models/resface64s2_relu_m.py", 1),
+                                              ("resface64_mls_ddim", "models/resface64_relu.py", 256)])
+def test_variant_recipes(name, network, out):
+    cfg = load_config(f"configs/{name}.py")
+    assert cfg.embedding_network == network and cfg.uncertainty_module_output_size == out
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("name = 'x'\nlerning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.py: unknown config key 'lerning_rate'"):
+        load_config(str(path))
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("epoch_size = '1000'\n")
+    with pytest.raises(ConfigError, match="key 'epoch_size' must be int, got str"):
+        load_config(str(path))
+
+
+def test_overrides_and_their_errors():
+    cfg = load_config("configs/tiny.py", ["log_base_dir=/tmp/runs", "lr=1", "num_epochs=3"])
+    assert cfg.log_base_dir == "/tmp/runs" and cfg.lr == 1.0 and cfg.num_epochs == 3
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        load_config("configs/tiny.py", ["nope=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config("configs/tiny.py", ["lr"])
+    with pytest.raises(ConfigError, match="output_constraint_type"):
+        load_config("configs/tiny.py", ["output_constraint_type=L3"])
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "none.py"))
+    broken = tmp_path / "broken.py"
+    broken.write_text("x = 1/0\n")
+    with pytest.raises(ConfigError, match="failed to execute: ZeroDivisionError"):
+        load_config(str(broken))
+
+
+def test_image_size_must_be_multiple_of_16():
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        load_config("configs/tiny.py", ["image_size=[30, 30]"])
