@@ -1,0 +1,1 @@
+"""Uncertainty baselines of face-uncertainty-pytorch: PCNet, IDQ and MC dropout."""
