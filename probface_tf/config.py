@@ -89,6 +89,9 @@ SCHEMA: dict[str, Key] = {
     "mixed_precision": Key((str,), "float32", "Keras dtype policy", ("float32", "mixed_float16", "mixed_bfloat16")),
     "distribute_strategy": Key((str,), "default", "'default', 'mirrored' or 'multi_worker_mirrored'",
                                ("default", "mirrored", "multi_worker_mirrored")),
+    "fold_frozen_backbone": Key((bool,), True, "run the frozen backbone with BN folded into its convs (same "
+                                "numbers to float32 round-off, fewer ops)"),
+    "jit_compile": Key((bool,), True, "compile the frozen backbone's forward pass with XLA"),
     "feature_cache": Key((bool,), False, "train the head from cached conv_final features (frozen backbone)"),
     "checkpoint_interval": Key((int,), 1000, "write a training checkpoint every N steps (and at each epoch end)"),
     "keep_checkpoints": Key((int,), 1, "training checkpoints kept (original: 1)"),

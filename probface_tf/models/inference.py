@@ -29,17 +29,16 @@ def _spec_of(backbone: keras.Model) -> BackboneSpec:
     return BackboneSpec(tuple(filters), tuple(blocks), fusion)
 
 
-def fold_batch_norm(model: keras.Model, compute_dtype: str | None = None) -> keras.Model:
-    """Return an inference copy of a ProbFace model with every backbone BN folded away.
+def fold_backbone(source: keras.Model, compute_dtype: str | None = None) -> keras.Model:
+    """An inference copy of a ResFace backbone with every BN folded into the conv / dense before it.
 
-    ``compute_dtype='bfloat16'`` runs the backbone in mixed bfloat16 (fast on CPUs with AMX/AVX512-BF16);
-    mu and the head stay float32.
+    ``compute_dtype='bfloat16'`` runs it in mixed bfloat16 (fast on CPUs with AMX/AVX512-BF16), 'float16' in
+    mixed float16 (GPUs); mu stays float32.
     """
-    source = backbone_of(model)
     _, h, w, c = source.input.shape
     policy = keras.config.dtype_policy()
-    if compute_dtype == "bfloat16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.config.set_dtype_policy({None: "float32", "float32": "float32", "bfloat16": "mixed_bfloat16",
+                                   "float16": "mixed_float16"}[compute_dtype])
     try:
         backbone = build_resface(_spec_of(source), (h, w), int(source.output["mu"].shape[-1]), channels=c,
                                  folded=True)
@@ -48,13 +47,18 @@ def fold_batch_norm(model: keras.Model, compute_dtype: str | None = None) -> ker
     for layer in backbone.layers:
         if not layer.weights:
             continue
-        original = source.get_layer(layer.name)
-        bn = source.get_layer(layer.name + ".BatchNorm")
-        kernel, bias = _fold(original.kernel.numpy(), bn)
+        kernel, bias = _fold(source.get_layer(layer.name).kernel.numpy(), source.get_layer(layer.name + ".BatchNorm"))
         layer.kernel.assign(kernel)
         layer.bias.assign(bias)
+    backbone.trainable = False
+    return backbone
+
+
+def fold_batch_norm(model: keras.Model, compute_dtype: str | None = None) -> keras.Model:
+    """Return an inference copy of a ProbFace model whose backbone has its BN folded away (head unchanged)."""
     head = head_of(model)
-    folded = build_probface(backbone=backbone, uncertainty_module_output_size=head.output_size,
+    folded = build_probface(backbone=fold_backbone(backbone_of(model), compute_dtype),
+                            uncertainty_module_output_size=head.output_size,
                             uncertainty_module_input=_head_input_name(model), weight_decay=head.weight_decay,
                             name=model.name + "_folded")
     for dst, src in zip(head_of(folded).weights, head.weights):

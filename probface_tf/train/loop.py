@@ -43,7 +43,10 @@ def discriminative_metric(cfg) -> str:
 
 
 class HeadTrainer:
-    """The compiled pieces of one training step; usable on images or on cached backbone features."""
+    """The compiled pieces of one training step; usable on images or on cached backbone features.
+
+    Build it after the backbone weights are restored: the frozen backbone is copied (BN-folded) here.
+    """
 
     def __init__(self, model: keras.Model, cfg, learning_rate: float):
         self.model, self.cfg = model, cfg
@@ -52,12 +55,25 @@ class HeadTrainer:
         self.optimizer = make_optimizer(cfg, learning_rate)
         self.optimizer.build(self.variables)
         self.metric = discriminative_metric(cfg)
+        self.feature_backbone  # fold now, eagerly: the backbone's weights must be restored before this point
         self._gradients = tf.function(self._compute, reduce_retracing=True)
         self._apply = tf.function(self._apply_gradients, reduce_retracing=True)
 
     def features(self, images):
-        end_points = self.backbone(images, training=False)
+        end_points = self.feature_backbone(images, training=False)
         return end_points[self.cfg.uncertainty_module_input], end_points["mu"]
+
+    @property
+    def feature_backbone(self) -> keras.Model:
+        """The frozen backbone, BN-folded when configured (its weights never change during head training)."""
+        if not hasattr(self, "_feature_backbone"):
+            self._feature_backbone = self.backbone
+            if self.cfg.fold_frozen_backbone:
+                from probface_tf.models.inference import fold_backbone
+
+                dtype = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(self.cfg.mixed_precision)
+                self._feature_backbone = fold_backbone(self.backbone, dtype)
+        return self._feature_backbone
 
     def _compute(self, features, mu, labels):
         with tf.GradientTape() as tape:
@@ -94,7 +110,8 @@ class HeadTrainer:
     @property
     def _features_fn(self):
         if not hasattr(self, "_features_compiled"):
-            self._features_compiled = tf.function(self.features, reduce_retracing=True)
+            self._features_compiled = tf.function(self.features, reduce_retracing=True,
+                                                  jit_compile=self.cfg.jit_compile)
         return self._features_compiled
 
 
