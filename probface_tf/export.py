@@ -38,6 +38,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from probface_tf.scoring import cosine_tf, fastmls_tf, mls_tf
+
 SERVING_DEFAULT = "serving_default"
 FROM_IMAGE_BYTES = "from_image_bytes"
 COMPARE = "compare"
@@ -162,26 +164,11 @@ def _embed(model, images, dim: int, sigma_dim: int):
             "embeddings_with_sigma": tf.concat([mu, sigma_sq], axis=1, name="embeddings_with_sigma")}
 
 
-# ---- scores. TODO(scoring): use probface_tf.scoring's cosine_tf / fastmls_tf once that module exists.
-
 def _mls(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool):
     """The original pair_MLS_score: FastMLS for a 1-d sigma, the D-dim MLS otherwise."""
-    if all_pairs:
-        mu1, sigma_sq1 = mu1[:, tf.newaxis, :], sigma_sq1[:, tf.newaxis, :]
-        mu2, sigma_sq2 = mu2[tf.newaxis], sigma_sq2[tf.newaxis]
-    mutual = sigma_sq1 + sigma_sq2
     if sigma_sq1.shape[-1] == 1:
-        mutual = mutual[..., 0]
-        cos = tf.reduce_sum(mu1 * mu2, axis=-1)
-        return -(2.0 * (1.0 - cos) / (1e-10 + mutual) + tf.math.log(mutual))
-    return -(tf.reduce_mean(tf.square(mu1 - mu2) / mutual, axis=-1) + tf.reduce_mean(tf.math.log(mutual), axis=-1))
-
-
-def _cosine(mu1, mu2, all_pairs: bool):
-    mu1, mu2 = tf.math.l2_normalize(mu1, axis=1), tf.math.l2_normalize(mu2, axis=1)
-    if all_pairs:
-        return tf.matmul(mu1, mu2, transpose_b=True)
-    return tf.reduce_sum(mu1 * mu2, axis=1)
+        return fastmls_tf(mu1, sigma_sq1, mu2, sigma_sq2, pairwise=all_pairs)
+    return mls_tf(mu1, sigma_sq1, mu2, sigma_sq2, pairwise=all_pairs)
 
 
 def _check_rows(name, mu, sigma_sq):
@@ -196,7 +183,7 @@ def _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool, signature: str):
             "compare is element-wise: both sets need the same number of rows (use compare_all for all pairs)")))
     with tf.control_dependencies(checks):
         return {"mls": tf.identity(_mls(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs), name="mls"),
-                "cosine": tf.identity(_cosine(mu1, mu2, all_pairs), name="cosine")}
+                "cosine": tf.identity(cosine_tf(mu1, mu2, pairwise=all_pairs), name="cosine")}
 
 
 def build_serving_module(model, preprocess_ops=None, image_size=None, resize_method: str = "pil_bilinear",
