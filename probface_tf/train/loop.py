@@ -122,9 +122,11 @@ def build_model(cfg) -> keras.Model:
 def _batches(cfg, trainer: HeadTrainer, start_step: int):
     """Yields (features, mu, labels) per step, from images or from the feature cache."""
     from probface_tf.data import sampler
-    from probface_tf.data.readers import open_dataset
+    from probface_tf.data.dataset import dataset_from_config
+    from probface_tf.data.ensure import ensure_synthetic
 
-    data = open_dataset(cfg.train_dataset_path, max_identities=cfg.max_identities, strict=cfg.strict_data)
+    ensure_synthetic(cfg)
+    data = dataset_from_config(cfg)
     if cfg.feature_cache:
         from probface_tf.train.feature_cache import FeatureCache
 
