@@ -113,7 +113,8 @@ def _check_preprocessing(ops, image_size, resize_method, contrast_stretch):
     from probface_tf.data.preprocess import preprocess_batch
 
     try:
-        out = preprocess_batch(tf.zeros([1, 7, 9, 3], tf.uint8), ops, training=False,
+        # Larger than common face crops, so a leading crop op fits; the resize then sets the final size.
+        out = preprocess_batch(tf.zeros([1, 256, 256, 3], tf.uint8), ops, training=False,
                                contrast_stretch=contrast_stretch, resize_method=resize_method)
     except (ValueError, TypeError, KeyError, tf.errors.InvalidArgumentError) as exc:
         raise ExportError(f"preprocess_ops {ops!r} cannot be applied: {exc}") from exc
@@ -274,7 +275,8 @@ def _signature_table(size, dim, sigma_dim) -> dict:
     return {
         SERVING_DEFAULT: {"inputs": {"input": ["float32", [None, h, w, 3]]}, "outputs": embed},
         FROM_IMAGE_BYTES: {"inputs": {"image_bytes": ["string", [None]]}, "outputs": embed},
-        COMPARE: {"inputs": {k: ["float32", v] for k, v in pair_in.items()}, "outputs": {"mls": [None], "cosine": [None]}},
+        COMPARE: {"inputs": {k: ["float32", v] for k, v in pair_in.items()},
+                  "outputs": {"mls": [None], "cosine": [None]}},
         COMPARE_ALL: {"inputs": {k: ["float32", v] for k, v in pair_in.items()},
                       "outputs": {"mls": [None, None], "cosine": [None, None]}},
     }
@@ -331,7 +333,11 @@ def _publish(tmp: str, export_base: str, version: int, overwrite: bool) -> str:
             raise ExportError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
         old = os.path.join(export_base, f".old-{version}-{os.getpid()}")
         os.rename(final, old)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.rename(old, final)  # put the previous model back rather than lose it
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         try:
