@@ -16,6 +16,7 @@ setup(
         "pillow>=10",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "tensorboard>=2.16",  # tf.summary scalars; tensorflow-cpu no longer pulls it in
     ],
     extras_require={
         # TensorFlow is an extra so CPU and GPU users pick the matching wheel.

@@ -8,7 +8,7 @@ whole synthetic pipeline.
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 flags.DEFINE_multi_string("set", [], "override a config key: --set key=value (Python literal or bare string)")
 flags.DEFINE_string("name", None, "rename the run (the original --name)")
@@ -21,6 +21,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python train.py CONFIG_FILE [--set key=value ...]")
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter would bury the training log
     from probface_tf.cli_support import fail_cleanly
     from probface_tf.config import load_config
 

@@ -7,7 +7,8 @@ name = 'tiny'
 log_base_dir = './log/'
 summary_interval = 10
 train_dataset_path = 'data/tiny_synth/train'
-synthetic = {'root': 'data/tiny_synth', 'num_identities': 40, 'images_per_identity': 6, 'seed': 0}
+synthetic = {'root': 'data/tiny_synth', 'num_identities': 40, 'images_per_identity': 6, 'seed': 0,
+             'image_size': 64, 'bin_pairs': 200, 'split': 0.25}
 test_bin_paths = ['data/tiny_synth/synth_val.bin']
 test_targets = []
 image_size = [32, 32]

@@ -232,8 +232,10 @@ def _progress(start: int, stop: int):
 
 def _evaluate_epoch(model, cfg, run_dir: str, log: TrainingLog, global_step: int) -> None:
     """The original per-epoch evaluation on the configured .bin files (cfp_fp by default)."""
-    from probface_tf.eval.runner import evaluate_training_bins
+    from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
 
+    if not training_bin_paths(cfg):
+        return
     for name, text, scalars in evaluate_training_bins(model, cfg):
         log.text(f"--- {name} ---")
         log.text(text)
