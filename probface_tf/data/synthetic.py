@@ -17,7 +17,7 @@ in plain worker processes.
     root/severity.csv                      path,identity,index,severity,split for every image
     root/synth_val.bin                     insightface .bin: pickled (list of 2P encoded images, list of P bools)
     root/synth_val_severity.npy            float32 [2P]: severity of each .bin image
-    root/synth_val_pairs.csv               the .bin's pairs as relative paths (for inspection)
+    root/synth_val_pairs.txt               the .bin's pairs, LFW style ('id a b' / 'id1 a id2 b') in heldout/
     root/manifest.json                     the spec; a matching manifest makes ``synthesize`` a no-op
 """
 from __future__ import annotations
@@ -40,14 +40,16 @@ from PIL import Image, ImageFilter
 from probface_tf.data.errors import DataError
 
 # Bump when the rendering changes: a manifest of another version is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SEVERITY_MODES = ("mixed", "uniform", "clean")
 IMAGE_FORMATS = ("png", "jpg")
 MANIFEST = "manifest.json"
 TRAIN_DIR, HELDOUT_DIR = "train", "heldout"
 SEVERITY_CSV = "severity.csv"
-BIN_NAME, BIN_SEVERITY, BIN_PAIRS = "synth_val.bin", "synth_val_severity.npy", "synth_val_pairs.csv"
-_OUTPUT_NAMES = (MANIFEST, TRAIN_DIR, HELDOUT_DIR, SEVERITY_CSV, BIN_NAME, BIN_SEVERITY, BIN_PAIRS)
+BIN_NAME, BIN_SEVERITY, BIN_PAIRS = "synth_val.bin", "synth_val_severity.npy", "synth_val_pairs.txt"
+# synth_val_pairs.csv: written by generator version 1, removed when such a folder is regenerated.
+_OUTPUT_NAMES = (MANIFEST, TRAIN_DIR, HELDOUT_DIR, SEVERITY_CSV, BIN_NAME, BIN_SEVERITY, BIN_PAIRS,
+                 "synth_val_pairs.csv")
 
 # Random streams: one generator per (seed, stream, identity[, image]).
 _IDENTITY, _NUISANCE, _SEVERITY, _DEGRADE, _PAIRS = range(5)
@@ -561,7 +563,7 @@ def _draw_pairs(spec: SyntheticSpec) -> list[tuple[tuple[int, int], tuple[int, i
 
 def _write_bin(root: str, spec: SyntheticSpec, severity: dict) -> None:
     pairs = _draw_pairs(spec)
-    bins, issame, sev, rows = [], [], [], []
+    bins, issame, sev, lines = [], [], [], []
     for first, second, same in pairs:
         rels = [_image_relpath(spec, *item) for item in (first, second)]
         for rel in rels:
@@ -569,12 +571,14 @@ def _write_bin(root: str, spec: SyntheticSpec, severity: dict) -> None:
                 bins.append(fh.read())
             sev.append(severity[rel])
         issame.append(same)
-        rows.append((*rels, int(same)))
+        (name1, file1), (name2, file2) = (rel.split("/")[1:] for rel in rels)
+        lines.append(f"{name1} {file1} {file2}" if same else f"{name1} {file1} {name2} {file2}")
     _atomic_write(os.path.join(root, BIN_NAME), pickle.dumps((bins, issame), protocol=4))
     buf = io.BytesIO()
     np.save(buf, np.asarray(sev, np.float32))
     _atomic_write(os.path.join(root, BIN_SEVERITY), buf.getvalue())
-    _atomic_write(os.path.join(root, BIN_PAIRS), _csv_bytes(("path1", "path2", "issame"), rows))
+    # LFW-style pairs relative to heldout/: `probface-data make-bin` rebuilds the same .bin from them.
+    _atomic_write(os.path.join(root, BIN_PAIRS), ("\n".join(lines) + "\n").encode())
 
 
 def _csv_bytes(header, rows) -> bytes:
