@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from probface_tf.data.binfile import write_bin
 from probface_tf.data.errors import DataError
 
 # Bump when the rendering changes: a manifest of another version is regenerated.
@@ -563,17 +563,14 @@ def _draw_pairs(spec: SyntheticSpec) -> list[tuple[tuple[int, int], tuple[int, i
 
 def _write_bin(root: str, spec: SyntheticSpec, severity: dict) -> None:
     pairs = _draw_pairs(spec)
-    bins, issame, sev, lines = [], [], [], []
+    files, sev, lines = [], [], []
     for first, second, same in pairs:
         rels = [_image_relpath(spec, *item) for item in (first, second)]
-        for rel in rels:
-            with open(os.path.join(root, rel), "rb") as fh:
-                bins.append(fh.read())
-            sev.append(severity[rel])
-        issame.append(same)
+        files.append((*(os.path.join(root, rel) for rel in rels), same))
+        sev.extend(severity[rel] for rel in rels)
         (name1, file1), (name2, file2) = (rel.split("/")[1:] for rel in rels)
         lines.append(f"{name1} {file1} {file2}" if same else f"{name1} {file1} {name2} {file2}")
-    _atomic_write(os.path.join(root, BIN_NAME), pickle.dumps((bins, issame), protocol=4))
+    write_bin(os.path.join(root, BIN_NAME), files)  # the image files' bytes, unchanged
     buf = io.BytesIO()
     np.save(buf, np.asarray(sev, np.float32))
     _atomic_write(os.path.join(root, BIN_SEVERITY), buf.getvalue())
