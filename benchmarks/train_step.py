@@ -1,0 +1,73 @@
+"""Head-training speed: our training step vs the original TF1 training graph, same batch, same process.
+
+Prints JSON with steps/s of
+  - tf1_graph: the original graph (frozen ResFace64 forward + losses + Momentum update), in a Session;
+  - keras_images: HeadTrainer on images (frozen backbone BN-folded, XLA), the default image mode;
+  - keras_feature_cache: HeadTrainer on cached conv_final features (what an epoch costs once the cache exists);
+and the ratios against tf1_graph. The batch is the original's: 128 images doubled to 256 (32 ids x 8).
+
+    python benchmarks/train_step.py [--image_size 96] [--batch 256] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np  # noqa: E402
+
+from probface_tf.config import load_config  # noqa: E402
+from probface_tf.convert import load_tf1_checkpoint  # noqa: E402
+from probface_tf.tf1_reference import TF1ProbFace  # noqa: E402
+from probface_tf.train.loop import HeadTrainer  # noqa: E402
+
+
+def _steps_per_s(fn, repeats):
+    fn(0)  # trace / compile
+    best = float("inf")
+    for r in range(repeats):
+        start = time.perf_counter()
+        fn(r + 1)
+        best = min(best, time.perf_counter() - start)
+    return 1.0 / best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image_size", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=256, help="images per step (after doubling)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    side, n = args.image_size, args.batch
+    cfg = load_config("configs/resface64_msarcface.py", [f"image_size=[{side}, {side}]"])
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (n, side, side, 3)).astype(np.float32)
+    labels = np.repeat(np.arange(n // 8), 8).astype(np.int32)
+    graph = TF1ProbFace("resface64_relu", (side, side), 256, 1, weight_decay=cfg.weight_decay,
+                        loss_weights=cfg.loss_weights, output_constraint="L2", with_train_op=True)
+    graph.randomize(rng, calibrate_images=images[:8])
+    with tempfile.TemporaryDirectory() as tmp:
+        graph.save(os.path.join(tmp, "ckpt"), global_step=0)
+        model = load_tf1_checkpoint(tmp)
+    trainer = HeadTrainer(model, cfg, 0.01)
+    features, mu = trainer._features_fn(images)
+    engines = {
+        "tf1_graph": lambda i: graph.train_step(images, labels, 0.01),
+        "keras_images": lambda i: trainer.image_step(images, labels, i),
+        "keras_feature_cache": lambda i: trainer.step(features, mu, labels, i),
+    }
+    rates = {name: _steps_per_s(fn, args.repeats) for name, fn in engines.items()}
+    result = {"image_size": side, "batch": n, "threads": os.cpu_count(),
+              "steps_per_s": {k: round(v, 4) for k, v in rates.items()},
+              "ratio_vs_tf1": {k: round(v / rates["tf1_graph"], 2) for k, v in rates.items() if k != "tf1_graph"},
+              "feature_cache_epoch_speedup_vs_image_mode": round(rates["keras_feature_cache"] / rates["keras_images"], 1)}
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
