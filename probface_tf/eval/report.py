@@ -70,6 +70,9 @@ def dataset_text(result: dict) -> str:
     reject = result["reject_fnmr"]
     lines.extend(reject_line(row) for row in reject["rows"])
     lines.extend(reject_summary_lines(reject))
+    if reject.get("stopped_at") is not None:
+        lines.append("reject table stopped at reject_factor %.2f: the kept pairs lack genuine or impostor pairs"
+                     % reject["stopped_at"])
     rv = result["reject_verification"]
     for combo, aucs in rv["tar_auc"].items():
         lines.append("reject_verification %s TAR-AUC over rejected 0-%g: %s" % (

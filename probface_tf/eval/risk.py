@@ -86,13 +86,14 @@ class RejectTable:
     rows: list = field(default_factory=list)  # dicts at REJECT_PRINT_POINTS
     errors: np.ndarray = field(default=None, repr=False)  # FNMR@FMR1e-3 (fixed threshold) per reject factor
     areas: dict = field(default_factory=dict)
+    stopped_at: float | None = None  # first reject factor whose kept pairs lack genuine or impostor pairs
 
     @property
     def mean_error(self) -> float:
         return float(np.mean(self.errors))
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "fmr1000_mean": self.mean_error, **self.areas,
+        return {"rows": self.rows, "fmr1000_mean": self.mean_error, **self.areas, "stopped_at": self.stopped_at,
                 "reject_factors": [float(r) for r in self.reject_factors[: len(self.errors)]],
                 "fmr1000_fixed_threshold": [float(e) for e in self.errors]}
 
@@ -108,7 +109,11 @@ def reject_error_table(scores, issame, fused, reject_factors=REJECT_FACTORS,
         threshold = float(legacy_percentile(fused, (1 - r) * 100))
         keep = np.flatnonzero(keep_mask(fused, threshold))
         subset = keep if keep.size else slice(None)
-        stats = eer_stats(*split_genuine_impostor(scores[subset], issame[subset]))
+        genuine, impostor = split_genuine_impostor(scores[subset], issame[subset])
+        if not (genuine.size and impostor.size):  # only on tiny sets: the table ends where a class runs out
+            table.stopped_at = float(r)
+            break
+        stats = eer_stats(genuine, impostor)
         if fixed is None:  # r = 0: the operating thresholds that later rows keep fixed
             fixed = (stats.fmr100_th, stats.fmr1000_th)
             fmr100, fmr1000 = stats.fmr100, stats.fmr1000
@@ -128,7 +133,8 @@ def reject_error_table(scores, issame, fused, reject_factors=REJECT_FACTORS,
 def reject_verification_curves(scores, issame, uncertainty, rejected_portions=REJECTED_PORTIONS,
                                fars=FARS) -> dict:
     """ScaleFace's reject verification: pairs sorted by uncertainty (stable, most certain first), the first
-    ``int(n * (1 - r))`` kept, TAR@FAR on them. Returns {far: [TAR per rejected portion]}."""
+    ``int(n * (1 - r))`` kept, TAR@FAR on them. Returns {far: [TAR per rejected portion]} (NaN where the kept
+    pairs lack genuine or impostor pairs)."""
     scores = np.asarray(scores).ravel()
     issame = np.asarray(issame, dtype=bool)
     order = np.argsort(np.asarray(uncertainty).ravel(), kind="stable")
@@ -136,7 +142,10 @@ def reject_verification_curves(scores, issame, uncertainty, rejected_portions=RE
     curves = {float(far): [] for far in fars}
     for r in rejected_portions:
         n = int(scores.size * (1 - r))
-        tars, _, _ = tar_at_far(scores[:n], issame[:n], fars)
+        if issame[:n].all() or not issame[:n].any():  # tiny sets only: no TAR@FAR without both classes
+            tars = [float("nan")] * len(fars)
+        else:
+            tars, _, _ = tar_at_far(scores[:n], issame[:n], fars)
         for far, tar in zip(fars, tars):
             curves[float(far)].append(float(tar))
     return curves

@@ -1,16 +1,23 @@
 """Evaluate a model on insightface .bin verification sets: extract features in batches, then every metric.
 
 ``evaluate_features`` is pure NumPy (features in, result dict out); ``extract_features`` streams a .bin through a
-model; ``evaluate_bins`` runs both for several files and writes the outputs.
+model (decode and preprocessing run in a tf.data pipeline beside the model, so only a few batches of float
+images exist at any time); ``evaluate_bins`` runs both for several files and writes every output.
 """
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 
 from probface_tf import scoring
-from probface_tf.eval import risk
+from probface_tf.eval import report, risk
 from probface_tf.eval.report import PERCENTILES
 from probface_tf.eval.verification import ten_fold_accuracy
+
+# The insightface verification sets run_eval.sh looks for, in the README's column order.
+KNOWN_TARGETS = ("lfw", "cfp_ff", "cfp_fp", "agedb_30", "calfw", "cplfw", "vgg2_fp")
 
 # ScaleFace-style (distance, pair uncertainty fusion) combinations drawn as reject-verification curves.
 REJECT_COMBOS = (("cosine", "max"), ("cosine", "sum"), ("mls", "sum"), ("mls", "max"))
@@ -85,3 +92,145 @@ def _reject_verification(scores, kind, issame, u1, u2, rejected_portions, fars) 
         areas[combo] = {far: float(auc(rejected_portions, tars)) for far, tars in curve.items()}
     return {"fars": [float(f) for f in fars], "rejected_portions": [float(p) for p in rejected_portions],
             "curves": curves, "tar_auc": areas}
+
+
+# ---------------------------------------------------------------------------------------------------- extraction
+
+
+def _first_image_shape(binset) -> tuple:
+    from probface_tf.data.dataset import decode_bytes
+
+    return tuple(decode_bytes(binset.encoded[0], f"{binset.path} image 0").shape)
+
+
+def image_pipeline(binset, preprocessing, batch_size: int):
+    """tf.data pipeline: encoded images -> decoded uint8 (every image must have image 0's size, as the
+    original's fixed-size buffer) -> float32 batch -> evaluation preprocessing -> prefetch."""
+    import tensorflow as tf
+
+    from probface_tf.data.preprocess import decode_image, preprocess_batch
+
+    shape = _first_image_shape(binset)
+    ops, stretch, method = preprocessing.ops, preprocessing.contrast_stretch, preprocessing.resize_method
+    preprocess_batch(tf.zeros((1, *shape), tf.float32), ops, False, stretch, method)  # op-list errors surface here
+
+    def decode(encoded):
+        return tf.ensure_shape(decode_image(encoded, shape[2]), shape)
+
+    def prepare(images):
+        # The original decoded .bin images into float32, which is what turns on the contrast stretch.
+        return preprocess_batch(tf.cast(images, tf.float32), ops, False, stretch, method)
+
+    data = tf.data.Dataset.from_tensor_slices(tf.constant(binset.encoded, tf.string))
+    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    data = data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return data.prefetch(2)
+
+
+def _check_input_size(data, model, binset) -> None:
+    size = tuple(data.element_spec.shape.as_list()[1:3])
+    if size != tuple(model.image_size):
+        raise EvaluationError(
+            f"{binset.path}: preprocessing ({model.preprocessing.source}: {model.preprocessing.ops}) gives "
+            f"{size[0]}x{size[1]} images but the model takes {model.image_size[0]}x{model.image_size[1]}; "
+            f"pass the model's --config or fix preprocess_test")
+
+
+def _locate_bad_image(binset, error) -> Exception:
+    """The pipeline failed: decode images one by one to name the culprit."""
+    from probface_tf.data.dataset import decode_bytes
+
+    shape = None
+    for i, blob in enumerate(binset.encoded):
+        image = decode_bytes(blob, f"{binset.path} image {i}")  # raises UnreadableImageError naming it
+        shape = shape or image.shape
+        if image.shape != shape:
+            return EvaluationError(f"{binset.path} image {i}: size {image.shape[:2]} differs from image 0's "
+                                   f"{shape[:2]}")
+    first_line = str(getattr(error, "message", error)).strip().splitlines()[0]
+    return EvaluationError(f"{binset.path}: feature extraction failed: {first_line}")
+
+
+def extract_features(model, binset, batch_size: int = 128, progress=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mu [2P, D], sigma_sq [2P, S] or None) for every image of ``binset`` in file order."""
+    import tensorflow as tf
+
+    data = image_pipeline(binset, model.preprocessing, batch_size)
+    _check_input_size(data, model, binset)
+    mus, sigmas = [], []
+    try:
+        for images in data:
+            out = model(images)
+            mus.append(out["mu"])
+            if model.has_sigma:
+                sigmas.append(out["sigma_sq"])
+            if progress is not None:
+                progress(len(mus[-1]))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        raise _locate_bad_image(binset, exc) from None
+    mu = np.concatenate(mus)
+    return mu, (np.concatenate(sigmas) if model.has_sigma else None)
+
+
+# ---------------------------------------------------------------------------------------------------- whole runs
+
+
+def resolve_bins(bins=(), bin_dir: str | None = None, targets=KNOWN_TARGETS, skip_missing: bool = False) -> list:
+    """.bin paths from explicit files plus ``bin_dir/<target>.bin``; a missing file is an error unless
+    ``skip_missing`` (then it is left out)."""
+    paths = list(bins)
+    if bin_dir is not None:
+        if not os.path.isdir(bin_dir):
+            raise EvaluationError(f"--bin_dir {bin_dir}: no such directory")
+        paths += [os.path.join(bin_dir, t + ".bin") for t in targets]
+    found = [p for p in paths if os.path.isfile(p)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing and not skip_missing:
+        raise EvaluationError(f".bin file not found: {missing[0]}")
+    if not found:
+        raise EvaluationError("no .bin file to evaluate" + (f" (looked for {', '.join(paths)})" if paths else ""))
+    return found
+
+
+def evaluate_bin(model, path: str, batch_size: int = 128, fusion: str = "max", progress=None) -> tuple:
+    """Read, extract and evaluate one .bin: (result dict, per-pair arrays, sigma_sq or None)."""
+    from probface_tf.data.binfile import read_bin
+
+    binset = read_bin(path)
+    start = time.perf_counter()
+    mu, sigma_sq = extract_features(model, binset, batch_size, progress)
+    extracted = time.perf_counter()
+    result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion)
+    result["seconds"] = {"extract": extracted - start, "metrics": time.perf_counter() - extracted}
+    result["path"] = path
+    return result, arrays, sigma_sq
+
+
+def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 128, fusion: str = "max",
+                  save_scores: bool = False, plots: bool = True, echo=print) -> list[dict]:
+    """Evaluate every .bin, echo the original text block of each, and write results.json, results.md, the
+    figures and (``save_scores``) ``<name>/scores.npz`` into ``out_dir``."""
+    from probface_tf.eval.plots import dataset_figures
+
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    if not model.has_sigma:
+        echo("note: %s has no sigma_sq output (%s); evaluating with cosine only" % (model.path, model.sigma_note))
+    results, figures = [], {}
+    for path in paths:
+        result, arrays, sigma_sq = evaluate_bin(model, path, batch_size, fusion)
+        results.append(result)
+        echo(report.dataset_text(result) + "\n")
+        if out_dir and plots:
+            figures[result["name"]] = dataset_figures(result, sigma_sq, out_dir)
+        if out_dir and save_scores:
+            report.write_scores(os.path.join(out_dir, result["name"], "scores.npz"), arrays)
+    echo(report.summary_table(results, model.name))
+    if out_dir:
+        payload = {"model": model.path, "model_kind": model.kind, "has_sigma": model.has_sigma,
+                   "image_size": list(model.image_size), "fusion": fusion,
+                   "preprocessing": vars(model.preprocessing), "datasets": results,
+                   "summary": dict(zip(("header", "rows"), report.summary_rows(results, model.name)))}
+        report.write_json(os.path.join(out_dir, "results.json"), payload)
+        report.write_markdown(os.path.join(out_dir, "results.md"), results, model.name, figures)
+    return results
