@@ -240,3 +240,11 @@ def load_model(path: str, config=None) -> LoadedModel:
     elif model.preprocessing is None:
         model.preprocessing = default_preprocessing(model.image_size)
     return model
+
+
+def wrap_keras_model(model, config=None, path: str = "<in-memory model>") -> LoadedModel:
+    """The evaluator's interface over a Keras model already in memory (e.g. during training)."""
+    loaded = _wrap_keras(model, "keras", path)
+    loaded.preprocessing = (_config_preprocessing(config) if config is not None
+                            else default_preprocessing(loaded.image_size))
+    return loaded

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import tensorflow as tf
-
-from probface_tf.data.binfile import read_bin
-from probface_tf.data.preprocess import preprocess_from_config
+from probface_tf.eval.model_loader import wrap_keras_model
 from probface_tf.eval.report import percentile_line, risk_line
-from probface_tf.eval.runner import evaluate_features
+from probface_tf.eval.runner import evaluate_bin
 
 
 def training_bin_paths(cfg) -> list[str]:
@@ -29,27 +25,12 @@ def training_bin_paths(cfg) -> list[str]:
     return paths + list(cfg.test_bin_paths or [])
 
 
-def embed_bin(model, path: str, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mu, sigma_sq, issame) of a .bin, extracted in batches of ``eval_batch_size``."""
-    from probface_tf.models.inference import fold_batch_norm
-
-    fast = fold_batch_norm(model)
-    run = tf.function(lambda x: fast(x, training=False), reduce_retracing=True)
-    data = read_bin(path, cfg.eval_batch_size)
-    mus, sigmas = [], []
-    for batch in data.batches(dtype=np.float32):
-        out = run(preprocess_from_config(batch, cfg, training=False))
-        mus.append(out["mu"].numpy())
-        sigmas.append(out["sigma_sq"].numpy())
-    return np.concatenate(mus), np.concatenate(sigmas), data.issame
-
-
 def evaluate_training_bins(model, cfg):
     """Yields (name, original text block, scalars for TensorBoard) per configured .bin."""
+    loaded = wrap_keras_model(model, cfg)  # BN-folded inference copy of the current weights
     for path in training_bin_paths(cfg):
-        name = os.path.splitext(os.path.basename(path))[0]
-        mu, sigma_sq, issame = embed_bin(model, path, cfg)
-        result, _ = evaluate_features(mu, sigma_sq, issame, name=name)
+        result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size)
+        name = result["name"]
         lines = [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
         scalars = {f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]}
         scalars[f"{result['sigma']}_acc"] = result["verification"][result["sigma"]]["accuracy"]
