@@ -187,14 +187,26 @@ def _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool, signature: str):
                 "cosine": tf.identity(cosine_tf(mu1, mu2, pairwise=all_pairs), name="cosine")}
 
 
+def _inference_form(model):
+    from probface_tf.models.inference import fold_batch_norm
+
+    try:
+        return fold_batch_norm(model)
+    except (ValueError, KeyError, AttributeError):  # not a ResFace + UncertaintyModule model: export as is
+        return model
+
+
 def build_serving_module(model, preprocess_ops=None, image_size=None, resize_method: str = "pil_bilinear",
                          contrast_stretch: bool = True) -> tf.Module:
     """A ``tf.Module`` with the four signatures as ``tf.function`` attributes (see the module docstring).
 
     ``preprocess_ops`` is the test-time op list (default: resize to the model input + ``mean_scale``);
     ``image_size`` [H, W], if given, must equal the model's input size. The module tracks the model's variables
-    but not the Keras model itself, so the SavedModel holds plain TensorFlow functions only.
+    but not the Keras model itself, so the SavedModel holds plain TensorFlow functions only. A ProbFace model is
+    exported in its inference form, batch norm folded into the convolutions (same outputs to float32 round-off,
+    fewer ops per request).
     """
+    model = _inference_form(model)
     size = _model_input_size(model)
     if image_size is not None and tuple(int(s) for s in image_size) != size:
         raise ExportError(f"image_size {list(image_size)} does not match the model input {list(size)}")
