@@ -138,7 +138,8 @@ def test_refuses_a_folder_that_is_not_a_synthetic_dataset(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("num_identities", 0), ("images_per_identity", 1.5), ("seed", -1),
                                         ("severity", "heavy"), ("severity", 1.5), ("split", 1.0),
-                                        ("image_format", "bmp"), ("bin_pairs", 400), ("image_size", 8)])
+                                        ("split", "0.2"), ("image_format", "bmp"), ("bin_pairs", 400),
+                                        ("image_size", 8)])
 def test_bad_arguments_name_the_key(tmp_path, key, value):
     with pytest.raises(syn.SyntheticDataError, match=key):
         syn.synthesize(str(tmp_path), workers=1, **dict(TINY, **{key: value}))

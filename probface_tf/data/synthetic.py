@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -72,8 +73,8 @@ _IRIS_COLOURS = np.array([[70, 45, 25], [40, 90, 160], [60, 120, 70], [110, 115,
 
 @dataclass(frozen=True)
 class FaceIdentity:
-    """The fixed random geometry, texture and colours of one identity (canonical units: the image spans
-    [-1, 1] in both axes, v pointing down)."""
+    """The fixed random geometry, texture and colours of one identity, in canonical units: a face-centred
+    frame in which the image spans about [-0.87, 0.87] (see ``_ZOOM``), v pointing down."""
     skin: tuple
     hair: tuple
     iris: tuple
@@ -337,7 +338,7 @@ def _occlude(img: np.ndarray, s: float, r: np.random.Generator) -> None:
 
 def degrade(image: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
     """Apply occlusion, blur, down/up-scaling, colour wash and noise of strength ``severity`` in [0, 1] to a
-    float [H, W, 3] image in [0, 255]; returns uint8."""
+    square float [S, S, 3] image in [0, 255]; returns uint8."""
     s = float(severity)
     size = image.shape[0]
     k = size / 112.0
@@ -435,10 +436,13 @@ class SyntheticManifest:
         return d
 
 
+_INT_KEYS = ("num_identities", "images_per_identity", "seed", "image_size", "bin_pairs")
+
+
 def _check_spec(spec: SyntheticSpec) -> None:
     def bad(key, value, need):
         raise SyntheticDataError(f"synthesize: {key}={value!r} {need}")
-    for key in ("num_identities", "images_per_identity", "seed", "image_size", "bin_pairs"):
+    for key in _INT_KEYS:
         value = getattr(spec, key)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             bad(key, value, "must be an integer")
@@ -453,12 +457,13 @@ def _check_spec(spec: SyntheticSpec) -> None:
     if isinstance(spec.severity, str):
         if spec.severity not in SEVERITY_MODES:
             bad("severity", spec.severity, f"must be one of {list(SEVERITY_MODES)} or a number in [0, 1]")
-    elif isinstance(spec.severity, bool) or not isinstance(spec.severity, (int, float)) \
+    elif isinstance(spec.severity, bool) or not isinstance(spec.severity, (int, float, np.integer, np.floating)) \
             or not 0 <= spec.severity <= 1:
         bad("severity", spec.severity, f"must be one of {list(SEVERITY_MODES)} or a number in [0, 1]")
     if spec.image_format not in IMAGE_FORMATS:
         bad("image_format", spec.image_format, f"must be one of {list(IMAGE_FORMATS)}")
-    if not 0.0 <= spec.split < 1.0:
+    if isinstance(spec.split, bool) or not isinstance(spec.split, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= spec.split < 1.0:
         bad("split", spec.split, "(held-out fraction of identities) must be in [0, 1)")
     if spec.bin_pairs < 0:
         bad("bin_pairs", spec.bin_pairs, "must be >= 0")
@@ -636,9 +641,13 @@ def synthesize(root: str, num_identities: int, images_per_identity: int, seed: i
     ``split`` is the fraction of identities held out of training (the last ones); the ``.bin`` holds
     ``bin_pairs`` pairs of held-out images, half same-identity. If ``root`` already holds a dataset of the
     same spec nothing is rendered. ``workers`` (default: CPU count) only changes the speed, not the bytes."""
-    spec = SyntheticSpec(num_identities, images_per_identity, seed, image_size, severity, bin_pairs, float(split),
+    spec = SyntheticSpec(num_identities, images_per_identity, seed, image_size, severity, bin_pairs, split,
                          image_format)
     _check_spec(spec)
+    # NumPy scalars -> Python numbers, for the JSON manifest.
+    spec = dataclasses.replace(spec, **{k: int(getattr(spec, k)) for k in _INT_KEYS},
+                               severity=spec.severity if isinstance(spec.severity, str) else float(spec.severity),
+                               split=float(spec.split))
     root = os.path.abspath(root)
     existing = load_manifest(root)
     if existing is not None and existing.spec == spec:
