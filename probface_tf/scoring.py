@@ -16,6 +16,7 @@ runs on cache-resident tiles and costs little next to the matmul it shares with 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -170,8 +171,10 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
                      threads: int | None = None) -> np.ndarray:
     """[N, M] FastMLS matrix: one matmul, one outer sum and one log per entry.
 
-    The affine part ``2(cos - 1)`` is folded into the matmul by one extra column (``[2 mu1, -2] . [mu2, 1]``),
-    so the per-entry tail is only: outer sum, log, divide, subtract.
+    The affine part ``2(cos - 1)`` is folded into the matmul by one extra column (``[2 mu1, -2] . [mu2, 1]``);
+    the per-entry tail (outer sum, divide, log, subtract) then runs on small tiles that stay in cache, in a
+    per-thread scratch buffer. The 1e-10 of the denominator is applied only when it can change a sum in the
+    working precision (it cannot once the smallest s1 + s2 exceeds ~2e-3 in float32), which saves a pass.
     """
     mu1, mu2 = _as_matrix(mu1, "mu1"), _as_matrix(mu2, "mu2")
     _same_dim(mu1, mu2, "mu1, mu2")
@@ -182,21 +185,47 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
     right_t = np.ascontiguousarray(
         np.concatenate([mu2, np.ones((mu2.shape[0], 1), mu2.dtype)], axis=1).T, dtype=dtype)
     s1, s2 = s1.astype(dtype, copy=False), s2.astype(dtype, copy=False)
-    eps = dtype.type(MLS_EPSILON)
     out = np.empty((mu1.shape[0], mu2.shape[0]), dtype)
+    if out.size == 0:
+        return out
+    eps = dtype.type(MLS_EPSILON)
+    smallest = s1.min() + s2.min()
+    need_eps = smallest + eps != smallest
+
+    def tail(tile, a, b):
+        mutual = _scratch(len(tile), len(b), dtype)
+        np.add(a[:, None], b[None, :], out=mutual)
+        if attention_only or need_eps:
+            log_mutual = None if attention_only else np.log(mutual)
+            mutual += eps
+            tile /= mutual
+            if log_mutual is not None:
+                tile -= log_mutual
+            return
+        tile /= mutual
+        np.log(mutual, out=mutual)
+        tile -= mutual
 
     def fill(start, stop):
         block = out[start:stop]
         np.matmul(left[start:stop], right_t, out=block)  # 2(cos - 1) = -(2(1 - cos))
-        mutual = np.add.outer(s1[start:stop], s2)
-        log_mutual = None if attention_only else np.log(mutual)
-        mutual += eps
-        block /= mutual
-        if log_mutual is not None:
-            block -= log_mutual
+        for r in range(start, stop, _TILE_ROWS):
+            tail(block[r - start:r - start + _TILE_ROWS], s1[r:min(r + _TILE_ROWS, stop)], s2)
 
     _run_blocks(mu1.shape[0], fill, block_rows, threads)
     return out
+
+
+_TILE_ROWS = 16  # rows of the elementwise tail at a time: 16 x 10k float32 = 640 KB, about an L2 cache
+_local = threading.local()
+
+
+def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
+    """A per-thread buffer reused across tiles (fresh large allocations would page-fault every block)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.dtype != dtype or buf.shape[1] != cols or buf.shape[0] < rows:
+        buf = _local.buffer = np.empty((max(rows, _TILE_ROWS), cols), dtype)
+    return buf[:rows]
 
 
 def mls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows: int = 16, block_cols: int = 256,

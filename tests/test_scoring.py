@@ -72,6 +72,17 @@ def test_pairwise_forms_match_per_pair_formula(rng, threads, attention_only):
     np.testing.assert_allclose(got, cosine_similarity(a, b), atol=1e-6)
 
 
+@pytest.mark.parametrize("low", [1e-6, 0.3])  # tiny sigma_sq: the 1e-10 of the denominator matters in float32
+def test_fastmls_pairwise_epsilon_matches_elementwise(rng, low):
+    a, b = _unit(rng, 7, 8), _unit(rng, 5, 8)
+    sa = rng.uniform(low, 2 * low, 7).astype(np.float32)
+    sb = rng.uniform(low, 2 * low, 5).astype(np.float32)
+    full = scoring.fastmls_pairwise(a, sa, b, sb, threads=1)
+    for i in range(7):
+        row = scoring.fastmls_scores(np.repeat(a[i:i + 1], 5, 0), np.repeat(sa[i:i + 1], 5), b, sb)
+        np.testing.assert_allclose(full[i], row, rtol=2e-6)
+
+
 def test_pairwise_diagonal_equals_elementwise(rng):
     a, b = _unit(rng, 10, 16), _unit(rng, 10, 16)
     sa, sb = rng.uniform(0.1, 1, 10), rng.uniform(0.1, 1, 10)
