@@ -124,9 +124,19 @@ def test_matching_manifest_skips_and_other_spec_regenerates(tmp_path):
     assert syn.synthesize(str(tmp_path), workers=1, **spec) == first
     assert os.stat(image).st_mtime_ns == 1  # untouched
     assert syn.load_manifest(str(tmp_path)) == first
+    os.remove(first.bin_path)  # an incomplete folder is rendered again
+    assert syn.synthesize(str(tmp_path), workers=1, **spec) == first
+    assert os.path.isfile(first.bin_path) and os.stat(image).st_mtime_ns != 1
+    assert open(image, "rb").read() == before[1]
     changed = syn.synthesize(str(tmp_path), workers=1, **dict(spec, seed=9))
     assert changed.spec.seed == 9 and open(image, "rb").read() != before[1]
     assert len(os.listdir(changed.train_dir)) == 3
+
+
+def test_refuses_a_root_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(syn.SyntheticDataError, match="not a folder"):
+        syn.synthesize(str(tmp_path / "f"), workers=1, **TINY)
 
 
 def test_refuses_a_folder_that_is_not_a_synthetic_dataset(tmp_path):

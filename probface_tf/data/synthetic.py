@@ -619,6 +619,14 @@ def load_manifest(root: str) -> SyntheticManifest | None:
     return _manifest_for(root, spec)
 
 
+def _complete(m: SyntheticManifest) -> bool:
+    """Every output of the manifest is still there (one image folder per identity)."""
+    files = [m.severity_csv] + ([m.bin_path, m.bin_severity_path, m.bin_pairs_path] if m.num_pairs else [])
+    folders = [(m.train_dir, m.num_train_identities), (m.heldout_dir, m.num_heldout_identities)]
+    return all(os.path.isfile(f) for f in files) and all(
+        n == 0 or (os.path.isdir(d) and len(os.listdir(d)) == n) for d, n in folders)
+
+
 def _clear_outputs(root: str) -> None:
     """Remove a previous synthesis; refuse to touch a folder holding anything we did not write."""
     foreign = sorted(set(os.listdir(root)) - set(_OUTPUT_NAMES) - {n + ".tmp" for n in _OUTPUT_NAMES})
@@ -649,8 +657,10 @@ def synthesize(root: str, num_identities: int, images_per_identity: int, seed: i
                                severity=spec.severity if isinstance(spec.severity, str) else float(spec.severity),
                                split=float(spec.split))
     root = os.path.abspath(root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise SyntheticDataError(f"synthesize: root {root} exists and is not a folder")
     existing = load_manifest(root)
-    if existing is not None and existing.spec == spec:
+    if existing is not None and existing.spec == spec and _complete(existing):
         return existing
     os.makedirs(root, exist_ok=True)
     _clear_outputs(root)
