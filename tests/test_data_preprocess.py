@@ -15,7 +15,8 @@ from sklearn.datasets import load_sample_image
 
 from probface_tf.config import from_dict
 from probface_tf.data.errors import PreprocessError
-from probface_tf.data.preprocess import decode_image, preprocess_batch, preprocess_from_config, resize
+from probface_tf.data.preprocess import (decode_image, preprocess_batch, preprocess_from_config,
+                                        preprocess_train_and_test, resize)
 
 TRAIN_OPS = [["resize", (96, 96)], ["random_flip"], ["standardize", "mean_scale"]]
 TEST_OPS = [["resize", (96, 96)], ["standardize", "mean_scale"]]
@@ -139,6 +140,16 @@ def _np_bilinear(img, size):
     return np.floor(top * (1 - fy)[:, None, None] + bottom * fy[:, None, None] + 0.5)
 
 
+def test_large_downscales_use_the_wide_exact_path():
+    rng = np.random.default_rng(14)
+    img = rng.integers(0, 256, (340, 250, 3)).astype(np.uint8)  # 340/20 = 17x: beyond the float32 bound
+    want = _int_resize(img, (20, 24))
+    np.testing.assert_array_equal(resize(tf.constant(img[None], tf.float32), (20, 24)).numpy()[0], want)
+    dyn = tf.function(lambda t: resize(t, (20, 24)), autograph=False,
+                      input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    np.testing.assert_array_equal(dyn(tf.constant(img[None], tf.float32)).numpy()[0], want)
+
+
 def test_plain_bilinear_option_matches_float_bilinear_reference():
     img = _pil_decode(_jpeg_crops(1, seed=5)[0])
     for size in [(80, 80), (150, 70)]:
@@ -199,6 +210,28 @@ def test_random_flip_seeded_flips_some_images_deterministically():
     other = preprocess_batch(img, [["random_flip"]], training=True, seed=tf.constant([6, 11], tf.int64)).numpy()
     assert not np.array_equal(a, other)
     np.testing.assert_array_equal(preprocess_batch(img, [["random_flip"]], training=False).numpy(), img)
+
+
+def test_per_image_seeds_match_one_by_one_processing():
+    img = np.random.default_rng(15).integers(0, 256, (8, 14, 12, 3)).astype(np.uint8)
+    ops = [["random_crop", (10, 10)], ["random_flip"], ["standardize", "scale"]]
+    seeds = tf.constant([[3, i] for i in range(8)], tf.int64)
+    batched = preprocess_batch(img, ops, training=True, seed=seeds).numpy()
+    for i in range(8):
+        single = preprocess_batch(img[i:i + 1], ops, training=True, seed=seeds[i]).numpy()[0]
+        np.testing.assert_array_equal(batched[i], single)
+    assert len({batched[i].tobytes() for i in range(8)}) == 8
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_train_and_test_pair_equals_two_separate_calls(dtype):
+    img = np.random.default_rng(16).integers(0, 256, (6, 30, 26, 3)).astype(dtype)
+    train = [["padding", (2, 2)], ["resize", (24, 24)], ["random_flip"], ["standardize", "mean_scale"]]
+    test = [["padding", (2, 2)], ["resize", (24, 24)], ["standardize", "mean_scale"]]
+    seeds = tf.constant([[9, i] for i in range(6)], tf.int64)
+    augmented, plain = preprocess_train_and_test(img, train, test, seed=seeds)
+    np.testing.assert_array_equal(augmented.numpy(), preprocess_batch(img, train, True, seed=seeds).numpy())
+    np.testing.assert_array_equal(plain.numpy(), preprocess_batch(img, test, False).numpy())
 
 
 def test_center_crop_rounds_half_to_even_and_padding_keeps_original_width_quirk():

@@ -67,6 +67,19 @@ def test_batches_are_balanced_and_doubled_with_test_preprocessed_twins(folder):
     assert 3 <= flips <= 33
 
 
+def test_images_of_different_sizes_are_preprocessed_one_by_one(tmp_path):
+    data = _make_folder(str(tmp_path / "f"), [2, 2, 2])
+    odd = data.sources[2]
+    Image.open(odd).resize((48, 36)).save(odd, quality=92)  # now 36 x 48 among 40 x 40 images
+    cfg = _cfg(batch_format={"size": 6, "num_classes": 3})
+    planner = BalancedBatchPlanner(data, 3, 2, cfg.base_random_seed)
+    images, labels = next(iter(make_train_dataset(data, cfg, num_steps=1)))
+    indices, _ = planner(0)
+    assert 2 in indices
+    for slot, index in enumerate(indices):
+        assert np.abs(images.numpy()[6 + slot] - _reference(data.sources[index])).max() <= 1e-5
+
+
 def test_same_seed_same_batches_and_resume_continues_the_sequence(folder):
     cfg = _cfg()
     full = list(make_train_dataset(folder, cfg, num_steps=5).as_numpy_iterator())

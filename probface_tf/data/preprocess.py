@@ -6,7 +6,7 @@ original NumPy/SciPy pipeline number for number:
 * ``resize`` = ``scipy.misc.imresize`` = Pillow ``BILINEAR`` on uint8 RGB: a separable triangle filter widened by
   the scale factor when down-scaling (antialiasing), 22-bit fixed-point coefficients, a horizontal pass rounded
   to uint8, then a vertical pass rounded to uint8. ``resize_method='pil_bilinear'`` rebuilds exactly those
-  integer coefficients and applies them with float64 matrix products, whose integer sums are exact, so the
+  integer coefficients and applies them with matrix products whose sums stay exact integers, so the
   result is bit-identical to the Pillow of the original (Pillow 13 runs the vertical pass first when the
   height shrinks much more than the width; there it can differ by one level). ``'bilinear'`` is plain
   ``tf.image.resize`` (no antialias), rounded.
@@ -37,7 +37,6 @@ _NOT_IMPLEMENTED = ("random_shift", "random_interpolate", "random_downsample", "
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images: 32 - 8 - 2
 _ONE = float(1 << _PRECISION_BITS)
-_HALF = float(1 << (_PRECISION_BITS - 1))
 
 
 def decode_image(encoded, channels: int = 3) -> tf.Tensor:
@@ -105,9 +104,40 @@ def preprocess_batch(images, ops, training: bool = False, contrast_stretch: bool
 
     ``images``: uint8 or float ``[N, H, W, C]`` (float images hold values in [0, 255]). Random ops
     (``random_flip``, ``random_crop``) act only when ``training``; otherwise a flip is skipped and a random crop
-    is a center crop. ``seed``: optional int ``[2]`` tensor making the random ops stateless (deterministic).
+    is a center crop. ``seed``: optional int tensor making the random ops stateless (deterministic), either
+    ``[2]`` for the batch or ``[N, 2]`` per image (image ``i`` then gets exactly the draws it would get alone
+    with ``seed[i]``, so batched and one-by-one processing agree). Op ``k`` draws from ``fold_in(seed, k)``.
     """
     steps = parse_ops(ops)
+    x, holds_uint8, seed = _prepare(images, resize_method, seed)
+    return _run(x, holds_uint8, steps, 0, training, contrast_stretch, resize_method, seed)[0]
+
+
+# Ops whose result does not depend on ``training`` or a seed, so a prefix of them can be shared.
+_DETERMINISTIC = ("resize", "center_crop", "padding")
+
+
+def preprocess_train_and_test(images, train_ops, test_ops, seed=None, contrast_stretch: bool = True,
+                              resize_method: str = "pil_bilinear") -> tuple[tf.Tensor, tf.Tensor]:
+    """Both halves of the original's doubled training batch: ``(train-preprocessed, test-preprocessed)``.
+
+    Equal to ``preprocess_batch(images, train_ops, True, seed=seed)`` and ``preprocess_batch(images, test_ops,
+    False)``, but the resize/crop/padding ops both lists start with are computed once.
+    """
+    train, test = parse_ops(train_ops), parse_ops(test_ops)
+    shared = 0
+    while (shared < min(len(train), len(test)) and train[shared] == test[shared]
+           and train[shared][0] in _DETERMINISTIC):
+        shared += 1
+    x, holds_uint8, seed = _prepare(images, resize_method, seed)
+    common = (contrast_stretch, resize_method)
+    x, holds_uint8 = _run(x, holds_uint8, train[:shared], 0, False, *common, None)
+    augmented = _run(x, holds_uint8, train[shared:], shared, True, *common, seed)[0]
+    plain = _run(x, holds_uint8, test[shared:], shared, False, *common, None)[0]
+    return augmented, plain
+
+
+def _prepare(images, resize_method: str, seed):
     if resize_method not in RESIZE_METHODS:
         raise PreprocessError(f"resize_method must be one of {list(RESIZE_METHODS)}, got {resize_method!r}")
     images = tf.convert_to_tensor(images)
@@ -115,14 +145,22 @@ def preprocess_batch(images, ops, training: bool = False, contrast_stretch: bool
         raise PreprocessError(f"images must be a batch [N, H, W, C], got shape {images.shape.as_list()}")
     if not (images.dtype == tf.uint8 or images.dtype.is_floating):
         raise PreprocessError(f"images must be uint8 or float, got {images.dtype.name}")
+    if seed is not None:
+        seed = tf.cast(seed, tf.int64)
+        if seed.shape.rank not in (1, 2) or seed.shape[-1] != 2:
+            raise PreprocessError(f"seed must have shape [2] or [N, 2], got {seed.shape.as_list()}")
     # The original keeps the array's dtype through resize/flip/crop; only non-uint8 arrays get stretched.
-    holds_uint8 = images.dtype == tf.uint8
-    x = tf.cast(images, tf.float32)
-    for index, (name, args) in enumerate(steps):
-        op_seed = None if seed is None else tf.random.experimental.stateless_fold_in(
-            tf.cast(seed, tf.int64), index)
+    return tf.cast(images, tf.float32), images.dtype == tf.uint8, seed
+
+
+def _run(x, holds_uint8: bool, steps, first_index: int, training: bool, contrast_stretch: bool,
+         resize_method: str, seed):
+    """Apply parsed ops; op ``first_index + i`` of the full list draws from ``fold_in(seed, first_index + i)``."""
+    for offset, (name, args) in enumerate(steps):
+        op_seed = None if seed is None else _fold_in(seed, first_index + offset)
         if name == "resize":
             if not holds_uint8:
+                # Still a float array afterwards in the original, so a later resize stretches again.
                 x = bytescale(x) if contrast_stretch else tf.clip_by_value(tf.round(x), 0.0, 255.0)
             x = resize(x, args[0], resize_method)
         elif name == "random_flip":
@@ -137,7 +175,7 @@ def preprocess_batch(images, ops, training: bool = False, contrast_stretch: bool
             x = random_crop(x, args[0], op_seed) if training else center_crop(x, args[0])
         elif name == "padding":
             x = padding(x, args[0])
-    return x
+    return x, holds_uint8
 
 
 def preprocess_from_config(images, cfg, training: bool, seed=None) -> tf.Tensor:
@@ -170,28 +208,72 @@ def resize(x: tf.Tensor, size, method: str = "pil_bilinear") -> tf.Tensor:
     in_h, in_w = x.shape[1], x.shape[2]
     if in_h == h and in_w == w:  # Pillow returns a copy for an unchanged size
         return x
-    x = tf.cast(x, tf.float64)
+    x = tf.cast(x, tf.float32)
     if in_w != w:  # Pillow: horizontal pass first, rounded to uint8
-        wx = _pil_coefficients(in_w, w) if in_w is not None else _pil_coefficients_tf(tf.shape(x)[2], w)
-        x = _fixed_point_round(tf.einsum("nhwc,ow->nhoc", x, wx))
+        x = _resample_axis(x, 2, w)
     if in_h != h:
-        wy = _pil_coefficients(in_h, h) if in_h is not None else _pil_coefficients_tf(tf.shape(x)[1], h)
-        x = _fixed_point_round(tf.einsum("nhwc,oh->nowc", x, wy))
-    return tf.cast(x, tf.float32)
+        x = _resample_axis(x, 1, h)
+    return x
 
 
-def _fixed_point_round(acc: tf.Tensor) -> tf.Tensor:
-    # Pillow: start each sum at 2^21, arithmetic shift right by 22, clip to [0, 255]; exact in float64.
-    return tf.clip_by_value(tf.floor((acc + _HALF) / _ONE), 0.0, 255.0)
+# float32 products stay exact integers (< 2^24) when a coefficient is split in 11-bit halves and a window has at
+# most 31 taps, i.e. when the input is at most 15 times the output; beyond that float64 is used.
+_MAX_F32_SCALE = 15
 
 
-def _pil_coefficients(in_size: int, out_size: int) -> tf.Tensor:
-    """Pillow's fixed-point bilinear coefficients as a dense float64 ``[out_size, in_size]`` matrix."""
+def _resample_axis(x: tf.Tensor, axis: int, out_size: int) -> tf.Tensor:
+    """One Pillow pass along ``axis`` (1 or 2): ``(sum(pixel * coeff) + 2^21) >> 22`` clipped to [0, 255],
+    computed for the whole batch as one ``[out, in] @ [in, rest]`` matrix product with exact integer sums."""
+    n_in = x.shape[axis]
+    perm = [axis] + [i for i in range(4) if i != axis]
+    moved = tf.transpose(x, perm)
+    shape = tf.shape(moved)
+    flat = tf.reshape(moved, [shape[0], -1])
+    if n_in is not None:
+        taps, coeffs = _pil_taps(n_in, out_size)
+        matrix = _dense(taps, coeffs, n_in)
+        product = _split_product if n_in <= _MAX_F32_SCALE * out_size else _wide_product
+        y = product(matrix, flat)
+    else:
+        taps, coeffs = _pil_taps_tf(shape[0], out_size)
+        matrix = _dense(taps, coeffs, shape[0])
+        y = tf.cond(shape[0] <= _MAX_F32_SCALE * out_size, lambda: _split_product(matrix, flat),
+                    lambda: _wide_product(matrix, flat))
+    y = tf.reshape(y, tf.concat([[out_size], shape[1:]], 0))
+    y = tf.transpose(y, np.argsort(perm))
+    static = x.shape.as_list()
+    static[axis] = out_size
+    return tf.ensure_shape(y, static)
+
+
+def _dense(taps: tf.Tensor, coeffs: tf.Tensor, n_in) -> tf.Tensor:
+    """int32 ``[out, in]`` matrix from the window form (unused taps carry coefficient 0)."""
+    return tf.reduce_sum(tf.one_hot(taps, n_in, dtype=tf.int32) * coeffs[:, :, None], axis=1)
+
+
+def _split_product(matrix: tf.Tensor, flat: tf.Tensor) -> tf.Tensor:
+    halves = tf.cast(tf.concat([tf.bitwise.right_shift(matrix, 11), tf.bitwise.bitwise_and(matrix, 2047)], 0),
+                     tf.float32)
+    acc = tf.cast(tf.matmul(halves, flat), tf.int32)
+    high, low = tf.split(acc, 2, axis=0)
+    total = high * 2048 + low + (1 << (_PRECISION_BITS - 1))
+    return tf.cast(tf.clip_by_value(tf.math.floordiv(total, 1 << _PRECISION_BITS), 0, 255), tf.float32)
+
+
+def _wide_product(matrix: tf.Tensor, flat: tf.Tensor) -> tf.Tensor:
+    acc = tf.matmul(tf.cast(matrix, tf.float64), tf.cast(flat, tf.float64)) + (1 << (_PRECISION_BITS - 1))
+    return tf.cast(tf.clip_by_value(tf.floor(acc / _ONE), 0.0, 255.0), tf.float32)
+
+
+def _pil_taps(in_size: int, out_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pillow's bilinear windows: input indices and 22-bit fixed-point coefficients, int32 ``[out, ksize]``."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 1.0 * filterscale
     inv = 1.0 / filterscale
-    matrix = np.zeros((out_size, in_size), np.float64)
+    ksize = int(np.ceil(support)) * 2 + 1
+    taps = np.zeros((out_size, ksize), np.int32)
+    coeffs = np.zeros((out_size, ksize), np.int32)
     for out in range(out_size):
         center = 0.0 + (out + 0.5) * scale
         first = max(int(center - support + 0.5), 0)
@@ -200,33 +282,55 @@ def _pil_coefficients(in_size: int, out_size: int) -> tf.Tensor:
         total = 0.0
         for wgt in weights:  # summed in Pillow's order so the normalisation rounds identically
             total += wgt
-        for offset, wgt in enumerate(weights):
-            k = wgt / total if total != 0.0 else wgt
-            matrix[out, first + offset] = float(int(0.5 + k * _ONE))
-    return tf.constant(matrix)
+        taps[out] = first  # unused taps point at a valid pixel with coefficient 0
+        for j, wgt in enumerate(weights):
+            taps[out, j] = first + j
+            coeffs[out, j] = int(0.5 + (wgt / total if total != 0.0 else wgt) * _ONE)
+    return tf.constant(taps), tf.constant(coeffs)
 
 
-def _pil_coefficients_tf(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
-    """The same matrix built with TF ops, for inputs whose size is only known at run time."""
+def _pil_taps_tf(in_size: tf.Tensor, out_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The same windows computed with TF ops, for inputs whose size is only known at run time."""
     n_in = tf.cast(in_size, tf.float64)
     scale = n_in / float(out_size)
     filterscale = tf.maximum(scale, 1.0)
     inv = 1.0 / filterscale
-    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
-    first = tf.maximum(tf.floor(center - filterscale + 0.5), 0.0)[:, None]
-    stop = tf.minimum(tf.floor(center + filterscale + 0.5), n_in)[:, None]
-    pos = tf.range(n_in, dtype=tf.float64)[None, :]
-    weights = tf.maximum(tf.constant(0.0, tf.float64), 1.0 - tf.abs((pos - center[:, None] + 0.5) * inv))
-    weights = tf.where((pos >= first) & (pos < stop), weights, tf.zeros_like(weights))
-    # A running sum adds the taps left to right, like Pillow; the zeros before the window add nothing.
+    ksize = tf.cast(tf.math.ceil(filterscale), tf.int32) * 2 + 1
+    center = ((tf.range(out_size, dtype=tf.float64) + 0.5) * scale)[:, None]
+    first = tf.maximum(tf.floor(center - filterscale + 0.5), 0.0)  # C's truncation, clamped at 0
+    stop = tf.minimum(tf.floor(center + filterscale + 0.5), n_in)
+    pos = first + tf.cast(tf.range(ksize), tf.float64)[None, :]
+    valid = pos < stop
+    weights = tf.where(valid, tf.maximum(tf.constant(0.0, tf.float64), 1.0 - tf.abs((pos - center + 0.5) * inv)),
+                       tf.zeros_like(pos))
+    # A running sum adds the taps left to right, as Pillow does; the unused taps at the end add zeros.
     total = tf.math.cumsum(weights, axis=1)[:, -1:]
-    return tf.floor(0.5 + tf.math.divide_no_nan(weights, total) * _ONE)
+    coeffs = tf.cast(tf.floor(0.5 + tf.math.divide_no_nan(weights, total) * _ONE), tf.int32)
+    taps = tf.cast(tf.where(valid, pos, first), tf.int32)
+    return taps, coeffs
+
+
+def _fold_in(seed: tf.Tensor, index: int) -> tf.Tensor:
+    if seed.shape.rank == 1:
+        return tf.random.experimental.stateless_fold_in(seed, index)
+    # Same dtype as the single-seed path (fold_in returns int32): stateless_split draws in its seed's dtype.
+    return tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, index), seed,
+                     fn_output_signature=tf.int32)
+
+
+def _uniform(n, seed, minval=0, maxval=None, dtype=tf.float32) -> tf.Tensor:
+    """``n`` uniform draws: stateful, from one ``[2]`` seed, or one draw per row of an ``[n, 2]`` seed."""
+    if seed is None:
+        return tf.random.uniform([n], minval, maxval, dtype=dtype)
+    if seed.shape.rank == 1:
+        return tf.random.stateless_uniform([n], seed, minval, maxval, dtype=dtype)
+    return tf.map_fn(lambda s: tf.random.stateless_uniform([1], s, minval, maxval, dtype=dtype)[0], seed,
+                     fn_output_signature=dtype)
 
 
 def random_flip(x: tf.Tensor, seed=None) -> tf.Tensor:
     """Flip each image left-right when its uniform draw is >= 0.5 (the original's test)."""
-    n = tf.shape(x)[0]
-    draw = tf.random.uniform([n]) if seed is None else tf.random.stateless_uniform([n], seed=seed)
+    draw = _uniform(tf.shape(x)[0], seed)
     return tf.where((draw >= 0.5)[:, None, None, None], tf.reverse(x, axis=[2]), x)
 
 
@@ -252,13 +356,15 @@ def random_crop(x: tf.Tensor, size, seed=None) -> tf.Tensor:
     h, w = size
     in_h, in_w = _checked_spatial(x, size, "random_crop")
     n = tf.shape(x)[0]
-    if seed is None:
-        top = tf.random.uniform([n], 0, in_h - h + 1, dtype=tf.int32)
-        left = tf.random.uniform([n], 0, in_w - w + 1, dtype=tf.int32)
-    else:
-        seeds = tf.random.experimental.stateless_split(seed, 2)
-        top = tf.random.stateless_uniform([n], seeds[0], 0, in_h - h + 1, dtype=tf.int32)
-        left = tf.random.stateless_uniform([n], seeds[1], 0, in_w - w + 1, dtype=tf.int32)
+    top_seed = left_seed = None
+    if seed is not None and seed.shape.rank == 1:
+        top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    elif seed is not None:
+        pairs = tf.map_fn(lambda s: tf.random.experimental.stateless_split(s, 2), seed,
+                          fn_output_signature=seed.dtype)
+        top_seed, left_seed = pairs[:, 0], pairs[:, 1]
+    top = _uniform(n, top_seed, 0, in_h - h + 1, tf.int32)
+    left = _uniform(n, left_seed, 0, in_w - w + 1, tf.int32)
     rows = top[:, None] + tf.range(h)[None, :]
     cols = left[:, None] + tf.range(w)[None, :]
     x = tf.gather(x, rows, axis=1, batch_dims=1)

@@ -25,7 +25,7 @@ from absl import logging
 
 from probface_tf.data.dataset import FaceDataset
 from probface_tf.data.errors import DataError, DatasetFormatError, UnreadableImageError
-from probface_tf.data.preprocess import parse_ops, preprocess_batch
+from probface_tf.data.preprocess import parse_ops, preprocess_batch, preprocess_train_and_test
 
 _UNBOUNDED = 2 ** 62
 
@@ -164,32 +164,56 @@ def make_train_dataset(data: FaceDataset, cfg, start_step: int = 0, num_steps: i
         seeds = np.stack([np.full(size, seed, np.int64), step * size + np.arange(size, dtype=np.int64)], 1)
         return indices, labels, seeds, np.full(size, step, np.int64)
 
+    @tf.autograph.experimental.do_not_convert  # plain trace-time Python: nothing to convert
     def plan_op(step):
         out = tf.numpy_function(plan, [step], (tf.int64, tf.int64, tf.int64, tf.int64), stateful=False)
         for t, shape in zip(out, ([size], [size], [size, 2], [size])):
             t.set_shape(shape)
         return tf.data.Dataset.from_tensor_slices(tuple(out))
 
+    @tf.autograph.experimental.do_not_convert
     def load(index, label, image_seed, step):
         image = tf.py_function(loader, [index, step], tf.uint8)
-        image = tf.ensure_shape(image, [None, None, channels])[None]
-        augmented = preprocess_batch(image, train_ops, training=True, seed=image_seed, **prep)[0]
-        plain = preprocess_batch(image, test_ops, training=False, **prep)[0] if double else augmented
-        return augmented, plain, tf.cast(label, tf.int32), step
+        return tf.ensure_shape(image, [None, None, channels]), tf.cast(label, tf.int32), image_seed, step
 
-    def join(augmented, plain, labels, steps):
+    def preprocess(images, seeds):
+        """(augmented, plain) halves; plain is only used with ``double_batch``."""
+        def pair(x, s):
+            if double:
+                return preprocess_train_and_test(x, train_ops, test_ops, seed=s, **prep)
+            return preprocess_batch(x, train_ops, training=True, seed=s, **prep), tf.zeros([0, *out_shape])
+
+        def batched():  # the usual case: every image of the batch has the same size
+            return pair(images.to_tensor(), seeds)
+
+        def one_by_one():  # sources of different sizes: each image on its own, same per-image seeds
+            def single(i):
+                a, p = pair(images[i].to_tensor()[None], seeds[i][None])
+                return a[0], (p[0] if double else tf.zeros(out_shape))
+            return tf.map_fn(single, tf.range(size), fn_output_signature=(out_spec, out_spec))
+        heights, widths = images.nested_row_lengths()  # per image, and per image row
+        uniform = tf.logical_and(tf.reduce_all(heights == heights[0]), tf.reduce_all(widths == widths[0]))
+        augmented, plain = tf.cond(uniform, batched, one_by_one)
+        return tf.ensure_shape(augmented, [size, *out_shape]), plain
+
+    @tf.autograph.experimental.do_not_convert
+    def join(images, labels, seeds, steps):
         report = tf.py_function(lambda s: _after_batch(stats, int(s)), [steps[0]], tf.int64)
+        augmented, plain = preprocess(images, seeds)
         with tf.control_dependencies([report]):
             if double:
+                plain = tf.ensure_shape(plain, [size, *out_shape])
                 return tf.concat([augmented, plain], 0), tf.concat([labels, labels], 0)
             return tf.identity(augmented), tf.identity(labels)
 
+    out_shape = _output_shape(cfg, train_ops, test_ops if double else None, channels)
+    out_spec = tf.TensorSpec(out_shape, tf.float32)
     end = _UNBOUNDED if num_steps is None else start_step + int(num_steps)
     workers = int(cfg["data_workers"]) or tf.data.AUTOTUNE
     ds = tf.data.Dataset.range(start_step, end).flat_map(plan_op)
     ds = ds.map(load, num_parallel_calls=workers, deterministic=True)
-    _check_output_shape(ds, cfg, double)
-    ds = ds.batch(size, drop_remainder=True).map(join).prefetch(tf.data.AUTOTUNE)
+    ds = ds.ragged_batch(size, drop_remainder=True)
+    ds = ds.map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
     ds.decode_stats = stats
     return ds
 
@@ -200,14 +224,19 @@ def _after_batch(stats: DecodeStats, step: int) -> int:
     return step
 
 
-def _check_output_shape(ds: tf.data.Dataset, cfg, double: bool) -> None:
-    """Both op lists must produce ``image_size`` images, or batches could not be stacked."""
-    want = [*cfg["image_size"], int(cfg["channels"])]
-    specs = [("preprocess_train", ds.element_spec[0])] + ([("preprocess_test", ds.element_spec[1])] if double else [])
-    for key, spec in specs:
-        if spec.shape.as_list() != want:
-            raise DatasetFormatError(f"config key '{key}' produces images of shape {spec.shape.as_list()}, but "
+def _output_shape(cfg, train_ops, test_ops, channels: int) -> list:
+    """The op lists must produce ``image_size`` images (or batches could not be stacked); checked on a dummy."""
+    want = [*cfg["image_size"], channels]
+    for key, ops in (("preprocess_train", train_ops), ("preprocess_test", test_ops)):
+        if ops is None:
+            continue
+        probe = tf.function(lambda x: preprocess_batch(x, ops, training=False, contrast_stretch=False,
+                                                       resize_method=cfg["resize_method"]), autograph=False)
+        got = probe.get_concrete_function(tf.TensorSpec([1, None, None, channels], tf.uint8)).output_shapes
+        if got.as_list()[1:] != want:
+            raise DatasetFormatError(f"config key '{key}' produces images of shape {got.as_list()[1:]}, but "
                                      f"image_size/channels ask for {want}; end the op list with a resize or crop")
+    return want
 
 
 def iterate_batches(dataset: tf.data.Dataset):
