@@ -26,14 +26,17 @@ from probface_tf.tf1_reference import TF1ProbFace  # noqa: E402
 from probface_tf.train.loop import HeadTrainer  # noqa: E402
 
 
-def _steps_per_s(fn, repeats):
-    fn(0)  # trace / compile
-    best = float("inf")
+def _steps_per_s(engines: dict, repeats: int) -> dict:
+    """Best-of-``repeats`` steps/s per engine, interleaved round by round (fair under changing load)."""
+    for fn in engines.values():
+        fn(0)  # trace / compile
+    best = {name: float("inf") for name in engines}
     for r in range(repeats):
-        start = time.perf_counter()
-        fn(r + 1)
-        best = min(best, time.perf_counter() - start)
-    return 1.0 / best
+        for name, fn in engines.items():
+            start = time.perf_counter()
+            fn(r + 1)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1.0 / seconds for name, seconds in best.items()}
 
 
 def main(argv=None):
@@ -60,7 +63,7 @@ def main(argv=None):
         "keras_images": lambda i: trainer.image_step(images, labels, i),
         "keras_feature_cache": lambda i: trainer.step(features, mu, labels, i),
     }
-    rates = {name: _steps_per_s(fn, args.repeats) for name, fn in engines.items()}
+    rates = _steps_per_s(engines, args.repeats)
     result = {"image_size": side, "batch": n, "threads": os.cpu_count(),
               "steps_per_s": {k: round(v, 4) for k, v in rates.items()},
               "ratio_vs_tf1": {k: round(v / rates["tf1_graph"], 2) for k, v in rates.items() if k != "tf1_graph"},
