@@ -2,7 +2,8 @@
 
 Prints JSON with steps/s of
   - tf1_graph: the original graph (frozen ResFace64 forward + losses + Momentum update), in a Session;
-  - keras_images: HeadTrainer on images (frozen backbone BN-folded, XLA), the default image mode;
+  - keras_images: HeadTrainer on images (frozen backbone BN-folded), the default image mode;
+  - keras_images_bf16_backbone: the same with the frozen backbone in bfloat16 (mixed_precision='mixed_bfloat16');
   - keras_feature_cache: HeadTrainer on cached conv_final features (what an epoch costs once the cache exists);
 and the ratios against tf1_graph. The batch is the original's: 128 images doubled to 256 (32 ids x 8).
 
@@ -48,7 +49,11 @@ def main(argv=None):
     side, n = args.image_size, args.batch
     cfg = load_config("configs/resface64_msarcface.py", [f"image_size=[{side}, {side}]"])
     rng = np.random.default_rng(0)
-    images = rng.normal(0, 1, (n, side, side, 3)).astype(np.float32)
+    # A doubled batch as the pipeline builds it: augmented (about half mirrored), then the plain twins.
+    plain = rng.normal(0, 1, (n // 2, side, side, 3)).astype(np.float32)
+    mirrored = rng.random(n // 2) >= 0.5
+    augmented = np.where(mirrored[:, None, None, None], plain[:, :, ::-1], plain)
+    images = np.concatenate([augmented, plain])
     labels = np.repeat(np.arange(n // 8), 8).astype(np.int32)
     graph = TF1ProbFace("resface64_relu", (side, side), 256, 1, weight_decay=cfg.weight_decay,
                         loss_weights=cfg.loss_weights, output_constraint="L2", with_train_op=True)
@@ -57,10 +62,13 @@ def main(argv=None):
         graph.save(os.path.join(tmp, "ckpt"), global_step=0)
         model = load_tf1_checkpoint(tmp)
     trainer = HeadTrainer(model, cfg, 0.01)
+    # The frozen backbone in bfloat16 (AMX / AVX512-BF16 CPUs): the head and losses stay float32.
+    bf16 = HeadTrainer(model, cfg.replace(mixed_precision="mixed_bfloat16"), 0.01)
     features, mu = trainer._features_fn(images)
     engines = {
         "tf1_graph": lambda i: graph.train_step(images, labels, 0.01),
         "keras_images": lambda i: trainer.image_step(images, labels, i),
+        "keras_images_bf16_backbone": lambda i: bf16.image_step(images, labels, i),
         "keras_feature_cache": lambda i: trainer.step(features, mu, labels, i),
     }
     rates = _steps_per_s(engines, args.repeats)

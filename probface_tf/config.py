@@ -91,7 +91,10 @@ SCHEMA: dict[str, Key] = {
                                ("default", "mirrored", "multi_worker_mirrored")),
     "fold_frozen_backbone": Key((bool,), True, "run the frozen backbone with BN folded into its convs (same "
                                 "numbers to float32 round-off, fewer ops)"),
-    "jit_compile": Key((bool,), True, "compile the frozen backbone's forward pass with XLA"),
+    "jit_compile": Key((bool,), False, "compile the frozen backbone's forward pass with XLA (measured slower "
+                       "than TensorFlow's oneDNN kernels on CPU; try it on GPU)"),
+    "reuse_twin_features": Key((bool,), True, "doubled batches: an augmented image that was not mirrored equals "
+                               "its test-preprocessed twin, so its backbone features are computed once"),
     "feature_cache": Key((bool,), False, "train the head from cached conv_final features (frozen backbone)"),
     "checkpoint_interval": Key((int,), 1000, "write a training checkpoint every N steps (and at each epoch end)"),
     "keep_checkpoints": Key((int,), 1, "training checkpoints kept (original: 1)"),

@@ -55,3 +55,21 @@ def test_regu_matches_slim_l2_on_fresh_head():
     model = build_probface(embedding_network="resface64_relu", image_size=(96, 96))
     regu = float(sum(head_of(model).losses))
     assert regu == pytest.approx(0.12674, rel=0.01)
+
+
+def test_twin_feature_reuse_equals_full_forward():
+    rng = np.random.default_rng(12)
+    model = build_probface(image_size=(32, 32), embedding_size=16, backbone_filters=(8, 8, 16, 16),
+                           backbone_blocks=(1, 1, 1, 1))
+    for w in model.weights:
+        if "moving_variance" not in w.path:
+            w.assign(w.numpy() + rng.normal(0, 0.05, w.shape).astype(np.float32))
+    plain = rng.normal(0, 1, (8, 32, 32, 3)).astype(np.float32)
+    mirrored = np.array([1, 0, 0, 1, 1, 0, 1, 0], bool)
+    images = np.concatenate([np.where(mirrored[:, None, None, None], plain[:, :, ::-1], plain), plain])
+    trainer = HeadTrainer(model, _config(1, "L2"), 0.01)
+    reused, reused_mu = trainer.batch_features(images)
+    full, full_mu = trainer._features_fn(images)
+    np.testing.assert_allclose(reused.numpy(), full.numpy(), atol=1e-5)
+    np.testing.assert_allclose(reused_mu.numpy(), full_mu.numpy(), atol=1e-6)
+    assert np.abs(full.numpy()[0] - full.numpy()[8]).max() > 1e-3  # mirrored images really differ

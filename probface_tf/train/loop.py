@@ -104,8 +104,33 @@ class HeadTrainer:
         return values
 
     def image_step(self, images, labels, global_step: int) -> dict:
-        features, mu = self._features_fn(images)
+        features, mu = self.batch_features(images)
         return self.step(features, mu, labels, global_step)
+
+    def batch_features(self, images):
+        """Backbone features of a training batch. In a doubled batch (augmented half, then the same images
+        test-preprocessed) every augmented image that was not mirrored is identical to its twin: with
+        ``reuse_twin_features`` only the twins and the mirrored images go through the backbone (~3/4 of the
+        work), and the others take their twin's features."""
+        if not (self.cfg.double_batch and self.cfg.reuse_twin_features):
+            return self._features_fn(images)
+        return self._twin_features_fn(images)
+
+    @property
+    def _twin_features_fn(self):
+        if not hasattr(self, "_twin_compiled"):
+            self._twin_compiled = tf.function(self._twin_features, reduce_retracing=True)
+        return self._twin_compiled
+
+    def _twin_features(self, images):
+        half = tf.shape(images)[0] // 2
+        augmented, plain = images[:half], images[half:]
+        differs = tf.where(tf.reduce_any(tf.not_equal(augmented, plain), axis=[1, 2, 3]))
+        feats, mu = self.features(tf.concat([plain, tf.gather_nd(augmented, differs)], 0))
+        plain_feats, plain_mu = feats[:half], mu[:half]
+        aug_feats = tf.tensor_scatter_nd_update(plain_feats, differs, feats[half:])
+        aug_mu = tf.tensor_scatter_nd_update(plain_mu, differs, mu[half:])
+        return tf.concat([aug_feats, plain_feats], 0), tf.concat([aug_mu, plain_mu], 0)
 
     @property
     def _features_fn(self):
@@ -135,7 +160,7 @@ def _batches(cfg, trainer: HeadTrainer, start_step: int):
         return
     dataset = sampler.make_train_dataset(data, cfg, start_step=start_step)
     for images, labels in dataset:
-        features, mu = trainer._features_fn(images)
+        features, mu = trainer.batch_features(images)
         yield features, mu, labels
 
 
