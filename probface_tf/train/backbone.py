@@ -1,0 +1,319 @@
+"""Stage 1: train a ResFace backbone with a margin softmax, optionally with the UniformFace term.
+
+Unlike head training, every backbone variable learns and batch norm runs in training mode (batch statistics,
+moving averages updated). One step: a shuffled batch (``probface_tf.data.shuffled``) goes through the backbone;
+``mu`` is scored against the class centres by the head ``margin_loss`` names (ArcFace, CosFace, ScaleFace with
+its per-image scale from a ``ScaleHead`` on the ``uncertainty_module_input`` end point, or the normalised
+softmax); the loss is
+
+    softmax cross-entropy + uniform_loss_weight * UniformFace(centres of the batch's classes) + regu
+
+with ``regu = weight_decay * sum(||W||^2) / 2`` over the conv/dense kernels (slim's form); then one optimizer
+update of backbone, centres and scale head. UniformFace is taken over the classes present in the batch, as the
+paper's mini-batch form: its cost then does not grow with the number of identities.
+
+Watch list (the original log line, sorted keys): ``loss`` (total), ``softmax``, ``acc`` (fraction of the batch
+whose nearest centre is its own class), ``lr``, ``regu`` and ``uniform`` (unweighted) when weighted, and for
+ScaleFace ``scale_mean`` / ``scale_min`` / ``scale_max``.
+
+The run directory gets ``backbone.keras`` (the backbone alone: ``restore_model`` for head training), for
+ScaleFace ``scale_head.keras`` (features of ``uncertainty_module_input`` -> scale, whose inverse is the
+uncertainty), ``checkpoints/`` (backbone, centres, scale head, optimizer and step; resumable: the data order is
+a pure function of the step), ``training-log.txt`` and ``tensorboard/``. After each epoch the backbone's cosine
+10-fold accuracy on the configured ``.bin`` files is logged (with ScaleFace also the risk table of 1/scale).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+import tensorflow as tf
+
+from probface_tf.models.heads import ScaleHead, build_margin_head, softmax_cross_entropy, uncertainty_from_scale, \
+    uniform_loss
+from probface_tf.models.resface import backbone_spec, build_resface
+from probface_tf.train.logs import TrainingLog, banner, create_run_dir, interactive, latest_run_dir
+from probface_tf.train.loop import NonFiniteLossError, configure_runtime
+from probface_tf.train.optimizer import make_optimizer
+from probface_tf.train.schedule import learning_rate_at
+
+BACKBONE_FILE = "backbone.keras"
+SCALE_HEAD_FILE = "scale_head.keras"
+
+
+class BackboneConfigError(ValueError):
+    """The recipe cannot train a backbone as written; the message names the key."""
+
+
+def build_backbone(cfg) -> keras.Model:
+    spec = backbone_spec(cfg.embedding_network, cfg.backbone_filters, cfg.backbone_blocks)
+    return build_resface(spec, cfg.image_size, cfg.embedding_size, cfg.keep_prob, cfg.channels)
+
+
+def _kernels(layers) -> list:
+    """Conv/dense kernels: what weight decay applies to (not BN, not the normalised class centres)."""
+    return [layer.kernel for layer in layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+
+
+class BackboneTrainer:
+    """Backbone + margin head (+ ScaleFace scale head), optimizer and the compiled training step."""
+
+    def __init__(self, cfg, num_classes: int, learning_rate: float):
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg)
+        self.head = build_margin_head(cfg.margin_loss, num_classes, float(cfg.margin_s), float(cfg.margin_m))
+        self.head.build((None, cfg.embedding_size))
+        self.scale_head = self._build_scale_head() if cfg.margin_loss == "scaleface" else None
+        extra = [self.scale_head] if self.scale_head is not None else []
+        self.variables = (self.backbone.trainable_variables + self.head.trainable_variables
+                          + [v for layer in extra for v in layer.trainable_variables])
+        scale_layers = [self.scale_head.hidden, self.scale_head.out] if extra else []
+        self.decayed = _kernels(self.backbone.layers + [layer for layer in scale_layers if layer is not None])
+        self.optimizer = make_optimizer(cfg, learning_rate)
+        self.optimizer.build(self.variables)
+        self._gradients = tf.function(self._compute, reduce_retracing=True)
+        self._apply = tf.function(self._apply_gradients, reduce_retracing=True)
+
+    def _build_scale_head(self) -> ScaleHead:
+        end_point = self.cfg.uncertainty_module_input
+        if end_point not in self.backbone.output:
+            raise BackboneConfigError(f"config key 'uncertainty_module_input' = {end_point!r} (the ScaleFace scale "
+                                      f"head's input) is not a backbone end point; choose one of "
+                                      f"{sorted(self.backbone.output)}")
+        # The scale is bounded by margin_s, the fixed scale ArcFace would use.
+        head = ScaleHead(coefficient=float(self.cfg.margin_s), name="ScaleHead")
+        head.build(tuple(self.backbone.output[end_point].shape))
+        return head
+
+    def losses(self, images, labels, training: bool = True):
+        """(total loss, watch dict) of one batch; BN statistics update when ``training``."""
+        end_points = self.backbone(images, training=training)
+        mu = end_points["mu"]
+        watch = {}
+        if self.scale_head is not None:
+            scale = self.scale_head(end_points[self.cfg.uncertainty_module_input], training=training)
+            logits = self.head(mu, labels, scale)
+            watch.update(scale_mean=tf.reduce_mean(scale), scale_min=tf.reduce_min(scale),
+                         scale_max=tf.reduce_max(scale))
+        else:
+            logits = self.head(mu, labels)
+        softmax = softmax_cross_entropy(labels, logits)
+        total = softmax
+        if self.cfg.uniform_loss_weight > 0:
+            uniform = uniform_loss(self.head.normalized_centers(), labels)
+            total += self.cfg.uniform_loss_weight * uniform
+            watch["uniform"] = uniform
+        if self.cfg.weight_decay > 0:
+            regu = self.cfg.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(w, tf.float32)) for w in self.decayed])
+            total += regu
+            watch["regu"] = regu
+        nearest = tf.argmax(self.head.cosine(mu), axis=1, output_type=tf.int32)
+        acc = tf.reduce_mean(tf.cast(tf.equal(nearest, tf.reshape(tf.cast(labels, tf.int32), [-1])), tf.float32))
+        watch.update(loss=total, softmax=softmax, acc=acc)
+        return total, watch
+
+    def _compute(self, images, labels):
+        with tf.GradientTape() as tape:
+            total, watch = self.losses(images, labels, training=True)
+            scaled = self.optimizer.scale_loss(total)
+        return watch, tape.gradient(scaled, self.variables)
+
+    def _apply_gradients(self, grads):
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.learning_rate = lr
+
+    def step(self, images, labels, global_step: int) -> dict:
+        """One update; raises NonFiniteLossError (before the optimizer touches the weights) on NaN/Inf."""
+        watch, grads = self._gradients(images, labels)
+        values = {k: float(v) for k, v in watch.items()}
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+        if bad:
+            raise NonFiniteLossError(f"non-finite loss at global step {global_step}: "
+                                     + ", ".join(f"{k}={values[k]}" for k in bad)
+                                     + "; training stopped, no checkpoint written for this state")
+        self._apply(grads)
+        return values
+
+    def scale_model(self) -> keras.Model:
+        """The scale head alone as a model: features of ``uncertainty_module_input`` -> scale [N, 1]."""
+        shape = tuple(self.backbone.output[self.cfg.uncertainty_module_input].shape[1:])
+        features = keras.Input(shape, name="features")
+        return keras.Model(features, self.scale_head(features), name="ScaleFaceScale")
+
+
+class Checkpoints:
+    """Backbone, centres, scale head, optimizer and step under ``<run>/checkpoints``."""
+
+    def __init__(self, run_dir: str, trainer: BackboneTrainer, keep: int):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        parts = dict(backbone=trainer.backbone, head=trainer.head, optimizer=trainer.optimizer, step=self.step)
+        if trainer.scale_head is not None:
+            parts["scale_head"] = trainer.scale_head
+        self.ckpt = tf.train.Checkpoint(**parts)
+        self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=keep)
+
+    def restore_latest(self) -> int:
+        if self.manager.latest_checkpoint:
+            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        return int(self.step.numpy())
+
+    def save(self, global_step: int) -> str:
+        self.step.assign(global_step)
+        return self.manager.save(checkpoint_number=global_step)
+
+
+def _save_keras(model: keras.Model, path: str) -> str:
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)  # never a half-written file under the final name
+    return path
+
+
+def save_models(trainer: BackboneTrainer, run_dir: str) -> list[str]:
+    """``backbone.keras`` and, for ScaleFace, ``scale_head.keras``."""
+    paths = [_save_keras(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
+    if trainer.scale_head is not None:
+        paths.append(_save_keras(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
+    return paths
+
+
+def _num_classes(cfg, data) -> int:
+    if cfg.num_classes is None:
+        return data.num_classes
+    if cfg.num_classes < data.num_classes:
+        raise BackboneConfigError(f"config key 'num_classes' = {cfg.num_classes} is smaller than the "
+                                  f"{data.num_classes} identities of {cfg.train_dataset_path}")
+    return cfg.num_classes
+
+
+def _restore_initial_weights(trainer: BackboneTrainer, cfg) -> str:
+    """Start from ``restore_model`` (fine-tuning): any source ``probface_tf.train.restore`` accepts."""
+    from probface_tf.models.probface import build_probface
+    from probface_tf.train.restore import restore
+
+    holder = build_probface(backbone=trainer.backbone, freeze_backbone=False,
+                            uncertainty_module_input=cfg.uncertainty_module_input)
+    exclude = list(cfg.exclude_restore_scopes or []) + ["UncertaintyModule"]
+    message = restore(holder, cfg.restore_model, cfg.restore_scopes, exclude)
+    trainer.backbone.trainable = True
+    return message
+
+
+def _open_data(cfg):
+    from probface_tf.data.dataset import dataset_from_config
+    from probface_tf.data.ensure import ensure_synthetic
+
+    ensure_synthetic(cfg)
+    return dataset_from_config(cfg)
+
+
+def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: str | None = None,
+          max_steps: int | None = None) -> dict:
+    """Train a backbone as the config says. Returns {'run_dir', 'global_step', 'last_watch', 'model'} (the
+    backbone)."""
+    from probface_tf.data.sampler import DecodeStats, iterate_batches
+    from probface_tf.data.shuffled import make_shuffled_dataset
+
+    configure_runtime(cfg)
+    data = _open_data(cfg)
+    num_classes = _num_classes(cfg, data)
+    if run_dir is None:
+        run_dir = (latest_run_dir(cfg) if resume else None) or create_run_dir(cfg, config_path)
+    os.makedirs(run_dir, exist_ok=True)
+    log = TrainingLog(run_dir)
+    trainer = BackboneTrainer(cfg, num_classes, learning_rate_at(0, cfg.learning_rate_schedule))
+    if cfg.restore_model:
+        log.text(_restore_initial_weights(trainer, cfg))
+    checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
+    global_step = checkpoints.restore_latest() if resume else 0
+    if resume:
+        log.text(f"resumed from {checkpoints.manager.latest_checkpoint or 'scratch'} at step {global_step}")
+    log.text(banner(cfg))
+    log.text(f"backbone: {len(data)} images of {data.num_classes} identities, {cfg.margin_loss} head over "
+             f"{num_classes} classes")
+    total = cfg.num_epochs * cfg.epoch_size
+    stop = min(total, max_steps) if max_steps is not None else total
+    stats = DecodeStats(cfg.epoch_size)
+    batches = iterate_batches(make_shuffled_dataset(data, cfg, start_step=global_step, stats=stats))
+    bar = _progress(global_step, stop)
+    watch: dict = {}
+    saved_at = None
+    while global_step < stop:
+        epoch, step = divmod(global_step, cfg.epoch_size)
+        lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
+        trainer.set_learning_rate(lr)
+        images, labels = next(batches)
+        watch = trainer.step(images, labels, global_step)
+        watch["lr"] = lr
+        global_step += 1
+        if step % cfg.summary_interval == 0:
+            log.step(epoch, step, global_step, watch)
+        if global_step % cfg.checkpoint_interval == 0 or global_step % cfg.epoch_size == 0 or global_step == stop:
+            checkpoints.save(global_step)
+        if global_step % cfg.epoch_size == 0:
+            save_models(trainer, run_dir)
+            saved_at = global_step
+            _end_epoch(trainer, cfg, log, stats, global_step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{watch['loss']:.4f}", acc=f"{watch['acc']:.3f}")
+    if bar is not None:
+        bar.close()
+    if saved_at != global_step:  # stopped mid-epoch (max_steps) or nothing left to train on resume
+        save_models(trainer, run_dir)
+    return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": trainer.backbone}
+
+
+def _progress(start: int, stop: int):
+    if not interactive():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True)
+
+
+def _end_epoch(trainer: BackboneTrainer, cfg, log: TrainingLog, stats, global_step: int) -> None:
+    skipped = stats.end_epoch(global_step // cfg.epoch_size)
+    if skipped:
+        log.text(f"{skipped} unreadable image(s) skipped this epoch ({len(stats.bad_files)} distinct files)")
+    for name, text, scalars in evaluate_backbone(trainer, cfg):
+        log.text(f"--- {name} ---")
+        log.text(text)
+        log.scalars(scalars, global_step, prefix=f"{name}/")
+
+
+def evaluation_model(trainer: BackboneTrainer) -> keras.Model:
+    """In-memory model for the evaluator: {mu} or, for ScaleFace, {mu, sigma_sq = 1 / scale}."""
+    images = keras.Input(trainer.backbone.input.shape[1:], name="images")
+    end_points = trainer.backbone(images)
+    outputs = {"mu": end_points["mu"]}
+    if trainer.scale_head is not None:
+        scale = trainer.scale_head(end_points[trainer.cfg.uncertainty_module_input])
+        outputs["sigma_sq"] = keras.layers.Lambda(uncertainty_from_scale, name="sigma_sq")(scale)
+    return keras.Model(images, outputs, name="BackboneEval")
+
+
+def evaluate_backbone(trainer: BackboneTrainer, cfg):
+    """Yields (name, text, scalars) per configured ``.bin``: the cosine 10-fold accuracy line and, for
+    ScaleFace, the original risk lines with 1/scale as the pair uncertainty."""
+    from probface_tf.eval.model_loader import wrap_keras_model
+    from probface_tf.eval.report import percentile_line, risk_line
+    from probface_tf.eval.runner import evaluate_bin
+    from probface_tf.train.epoch_eval import training_bin_paths
+
+    paths = training_bin_paths(cfg)
+    if not paths:
+        return
+    loaded = wrap_keras_model(evaluation_model(trainer), cfg)
+    for path in paths:
+        result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size)
+        cosine = result["verification"]["cosine"]
+        lines = ["Cosine score acc %f threshold %f" % (cosine["accuracy"], cosine["threshold"])]
+        scalars = {"cosine_acc": cosine["accuracy"]}
+        if result.get("risk"):
+            lines += [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
+            scalars.update({f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]})
+        yield result["name"], "\n".join(lines), scalars
