@@ -43,13 +43,21 @@ class LoadedModel:
     preprocessing: Preprocessing = None
     sigma_note: str = ""
     label: str = ""  # row label of the summary table; default derived from the path
+    # The output holding the per-image uncertainty (has_sigma tells whether there is one): 'sigma_sq', a
+    # Gaussian's variance (MLS scores), or 'uncertainty', any other score, larger = riskier (the baselines:
+    # PCNet/IDQ 1 - confidence, MC-dropout spread, ScaleFace 1/scale), used by the risk tables only.
+    uncertainty: str = "sigma_sq"
 
     def __call__(self, images) -> dict:
         out = self.fn(images)
         result = {"mu": np.asarray(out["mu"])}
         if self.has_sigma:
-            result["sigma_sq"] = np.asarray(out["sigma_sq"]).reshape(result["mu"].shape[0], -1)
+            result[self.uncertainty] = np.asarray(out[self.uncertainty]).reshape(result["mu"].shape[0], -1)
         return result
+
+    @property
+    def gaussian(self) -> bool:
+        return self.uncertainty == "sigma_sq"
 
     @property
     def name(self) -> str:
@@ -110,7 +118,7 @@ def _load_saved_model(path: str) -> LoadedModel:
     has_sigma = "sigma_sq" in outputs
 
     def call(images):
-        out = fn(**{input_name: tf.constant(images, tf.float32)})
+        out = fn(**{input_name: tf.convert_to_tensor(images, tf.float32)})
         return {"mu": out[mu_key], **({"sigma_sq": out["sigma_sq"]} if has_sigma else {})}
 
     model = LoadedModel(call, (shape[1], shape[2]), has_sigma, "saved_model", path,
@@ -155,19 +163,21 @@ def _wrap_keras(model, kind: str, path: str) -> LoadedModel:
     if isinstance(outputs, dict):
         if "mu" not in outputs:
             raise ModelLoadError(f"--model {path}: model outputs {sorted(outputs)} have no 'mu' embedding")
-        has_sigma = "sigma_sq" in outputs
-        model = _folded_if_probface(model) if has_sigma else model
+        uncertainty = "sigma_sq" if "sigma_sq" in outputs else "uncertainty"
+        has_sigma = uncertainty in outputs  # baseline models output a non-Gaussian 'uncertainty'
+        model = _folded_if_probface(model) if "sigma_sq" in outputs else model
         raw = _keras_call(model)
         fn = raw
     else:
-        has_sigma = False
+        has_sigma, uncertainty = False, "sigma_sq"
         raw = _keras_call(model)
 
         def fn(images):
             return {"mu": raw(images)}
 
     note = "" if has_sigma else "the model has no sigma_sq output"
-    return LoadedModel(fn, (int(shape[1]), int(shape[2])), has_sigma, kind, path, sigma_note=note)
+    return LoadedModel(fn, (int(shape[1]), int(shape[2])), has_sigma, kind, path, sigma_note=note,
+                       uncertainty=uncertainty)
 
 
 def _folded_if_probface(model):
@@ -183,6 +193,7 @@ def _folded_if_probface(model):
 def _load_keras(path: str) -> LoadedModel:
     import keras
 
+    import probface_tf.baselines.heads  # noqa: F401 - registers the baseline heads too
     import probface_tf.models.probface  # noqa: F401 - registers the package's layers for deserialisation
 
     try:
@@ -208,6 +219,12 @@ def _load_tf1(path: str, cfg) -> LoadedModel:
     return loaded
 
 
+def _is_scaleface_run(path: str) -> bool:
+    from probface_tf.baselines.scaleface import is_scaleface_run
+
+    return is_scaleface_run(path)
+
+
 def _looks_like_checkpoint(path: str) -> bool:
     if path.endswith(".index") or os.path.isfile(path + ".index"):
         return True
@@ -230,6 +247,10 @@ def load_model(path: str, config=None) -> LoadedModel:
         model = _load_saved_model(path)
     elif path.endswith(".keras"):
         model = _load_keras(path)
+    elif _is_scaleface_run(path):
+        from probface_tf.baselines.scaleface import scaleface_model
+
+        model = _wrap_keras(scaleface_model(path), "scaleface", path)
     elif _looks_like_checkpoint(path):
         model = _load_tf1(path, config)
     else:

@@ -64,8 +64,9 @@ def dataset_text(result: dict) -> str:
         return "\n".join(lines)
     lines.append(percentile_line(result["sigma_sq_percentiles"]))
     lines.append(score_line("Cosine", verification["cosine"]))
-    lines.append(score_line("MLS", verification[result["sigma"]]))
-    lines.append(score_line("Attention-only", verification["attention_only"]))
+    if result["sigma"] in verification:  # a non-Gaussian 'uncertainty' (the baselines) has no MLS score
+        lines.append(score_line("MLS", verification[result["sigma"]]))
+        lines.append(score_line("Attention-only", verification["attention_only"]))
     lines.extend(risk_line(row) for row in result["risk"])
     reject = result["reject_fnmr"]
     lines.extend(reject_line(row) for row in reject["rows"])

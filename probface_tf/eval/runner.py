@@ -40,7 +40,8 @@ def pair_score_arrays(mu, sigma_sq) -> dict:
     return out
 
 
-def _check_features(mu, sigma_sq, issame, name) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _check_features(mu, sigma_sq, issame, name, gaussian: bool = True) -> tuple[np.ndarray, np.ndarray | None,
+                                                                                 np.ndarray]:
     mu = np.asarray(mu)
     issame = np.asarray(issame, dtype=bool).ravel()
     if mu.ndim != 2 or mu.shape[0] != 2 * issame.size:
@@ -48,17 +49,24 @@ def _check_features(mu, sigma_sq, issame, name) -> tuple[np.ndarray, np.ndarray 
                               f"{issame.size} pairs")
     if sigma_sq is not None:
         sigma_sq = np.asarray(sigma_sq).reshape(mu.shape[0], -1)
-        if np.any(~np.isfinite(sigma_sq)) or np.any(sigma_sq <= 0):
-            raise EvaluationError(f"{name}: sigma_sq must be finite and > 0; got min {np.nanmin(sigma_sq)!r}")
+        if np.any(~np.isfinite(sigma_sq)) or np.any(sigma_sq <= 0 if gaussian else sigma_sq < 0):
+            what = "sigma_sq must be finite and > 0" if gaussian else "the uncertainty must be finite and >= 0"
+            raise EvaluationError(f"{name}: {what}; got min {np.nanmin(sigma_sq)!r}")
     return mu, sigma_sq, issame
 
 
 def evaluate_features(mu, sigma_sq, issame, name: str = "", fusion: str = "max",
-                      rejected_portions=risk.REJECTED_PORTIONS, fars=risk.FARS) -> tuple[dict, dict]:
-    """All metrics of one dataset. Returns (result dict for the writers, per-pair arrays for scores.npz)."""
-    mu, sigma_sq, issame = _check_features(mu, sigma_sq, issame, name)
-    scores = pair_score_arrays(mu, sigma_sq)
+                      rejected_portions=risk.REJECTED_PORTIONS, fars=risk.FARS, gaussian: bool = True
+                      ) -> tuple[dict, dict]:
+    """All metrics of one dataset. Returns (result dict for the writers, per-pair arrays for scores.npz).
+
+    ``gaussian=False``: ``sigma_sq`` is another per-image uncertainty (larger = riskier; the baselines'
+    1 - confidence, MC-dropout spread or 1/scale): no MLS scores, it only drives the risk and reject tables
+    (``result['sigma']`` is then 'uncertainty')."""
+    mu, sigma_sq, issame = _check_features(mu, sigma_sq, issame, name, gaussian)
+    scores = pair_score_arrays(mu, sigma_sq if gaussian else None)
     kind = scoring.uncertainty_kind(sigma_sq)
+    kind = kind if gaussian or kind == "none" else "uncertainty"
     result = {"name": name, "pairs": int(issame.size), "images": int(mu.shape[0]), "sigma": kind,
               "embedding_size": int(mu.shape[1]),
               "verification": {k: ten_fold_accuracy(s, issame).to_dict() for k, s in scores.items()}}
@@ -67,12 +75,13 @@ def evaluate_features(mu, sigma_sq, issame, name: str = "", fusion: str = "max",
         return result, arrays
     u1, u2 = scoring.pair_rows(scoring.image_uncertainty(sigma_sq))
     fused = scoring.fuse_uncertainty(u1, u2, fusion)
-    arrays.update(sigma_sq_1=sigma_sq[0::2], sigma_sq_2=sigma_sq[1::2])
+    column = "sigma_sq" if gaussian else "uncertainty"
+    arrays.update({column + "_1": sigma_sq[0::2], column + "_2": sigma_sq[1::2]})
     result.update(
         fusion=fusion,
         sigma_sq_percentiles=[float(p) for p in risk.legacy_percentile(sigma_sq, PERCENTILES)],
         risk=[row.to_dict() for row in risk.risk_controlled_table(
-            {"cosine": scores["cosine"], kind: scores[kind]}, issame, fused)],
+            {k: scores[k] for k in ("cosine", kind) if k in scores}, issame, fused)],
         reject_fnmr=risk.reject_error_table(scores["cosine"], issame, scoring.fuse_uncertainty(u1, u2, "max"))
         .to_dict(),
         reject_verification=_reject_verification(scores, kind, issame, u1, u2, rejected_portions, fars))
@@ -85,6 +94,8 @@ def _reject_verification(scores, kind, issame, u1, u2, rejected_portions, fars) 
     curves, areas = {}, {}
     for distance, fusion in REJECT_COMBOS:
         distance = kind if distance == "mls" else distance
+        if distance not in scores:  # a non-Gaussian uncertainty has no MLS score
+            continue
         combo = "%s+%s" % (distance, fusion)
         curve = risk.reject_verification_curves(scores[distance], issame, scoring.fuse_uncertainty(u1, u2, fusion),
                                                 rejected_portions, fars)
@@ -163,7 +174,7 @@ def extract_features(model, binset, batch_size: int = 128, progress=None) -> tup
             out = model(images)
             mus.append(out["mu"])
             if model.has_sigma:
-                sigmas.append(out["sigma_sq"])
+                sigmas.append(out[getattr(model, "uncertainty", "sigma_sq")])
             if progress is not None:
                 progress(len(mus[-1]))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
@@ -200,7 +211,8 @@ def evaluate_bin(model, path: str, batch_size: int = 128, fusion: str = "max", p
     start = time.perf_counter()
     mu, sigma_sq = extract_features(model, binset, batch_size, progress)
     extracted = time.perf_counter()
-    result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion)
+    result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion,
+                                       gaussian=getattr(model, "gaussian", True))
     result["seconds"] = {"extract": extracted - start, "metrics": time.perf_counter() - extracted}
     result["path"] = path
     return result, arrays, sigma_sq
@@ -228,6 +240,7 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
     echo(report.summary_table(results, model.name))
     if out_dir:
         payload = {"model": model.path, "model_kind": model.kind, "has_sigma": model.has_sigma,
+                   "uncertainty": getattr(model, "uncertainty", "sigma_sq"),
                    "image_size": list(model.image_size), "fusion": fusion,
                    "preprocessing": vars(model.preprocessing), "datasets": results,
                    "summary": dict(zip(("header", "rows"), report.summary_rows(results, model.name)))}

@@ -33,7 +33,11 @@ def build_probface(embedding_network: str = "resface64_relu", image_size=(96, 96
 
 
 def from_config(cfg, freeze_backbone: bool = True) -> keras.Model:
-    """Build the model a config file describes (original keys)."""
+    """Build the model a config file describes (original keys; ``head_type`` picks a baseline head)."""
+    if cfg.get("head_type", "probface") != "probface":
+        from probface_tf.baselines.models import from_config as baseline_from_config
+
+        return baseline_from_config(cfg, freeze_backbone)
     return build_probface(cfg.embedding_network, cfg.image_size, cfg.embedding_size,
                           cfg.uncertainty_module_output_size, cfg.uncertainty_module_input, cfg.weight_decay,
                           cfg.keep_prob, cfg.backbone_filters, cfg.backbone_blocks, freeze_backbone)

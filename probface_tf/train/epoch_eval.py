@@ -33,5 +33,6 @@ def evaluate_training_bins(model, cfg):
         name = result["name"]
         lines = [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
         scalars = {f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]}
-        scalars[f"{result['sigma']}_acc"] = result["verification"][result["sigma"]]["accuracy"]
+        if result["sigma"] in result["verification"]:  # baselines' uncertainties have no MLS score
+            scalars[f"{result['sigma']}_acc"] = result["verification"][result["sigma"]]["accuracy"]
         yield name, "\n".join(lines), scalars

@@ -79,9 +79,14 @@ class HeadTrainer:
         with tf.GradientTape() as tape:
             log_sigma_sq = self.head(features, training=True)
             regu = tf.add_n(self.head.losses) if self.head.losses else tf.constant(0.0)
-            total, watch = probface_loss(labels, mu, log_sigma_sq, self.cfg.loss_weights,
-                                         self.cfg.output_constraint_type, self.metric, self.cfg.triplet_margin,
-                                         regu)
+            if self.cfg.head_type in ("pcnet", "idq"):  # a baseline head: its output is p, not log sigma^2
+                from probface_tf.baselines.training import baseline_loss
+
+                total, watch = baseline_loss(self.cfg, labels, mu, log_sigma_sq, regu)
+            else:
+                total, watch = probface_loss(labels, mu, log_sigma_sq, self.cfg.loss_weights,
+                                             self.cfg.output_constraint_type, self.metric, self.cfg.triplet_margin,
+                                             regu)
             scaled = self.optimizer.scale_loss(total)
         return watch, tape.gradient(scaled, self.variables)
 
@@ -188,7 +193,7 @@ def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
     tmp = path + ".tmp.keras"
     model.save(tmp)
     os.replace(tmp, path)  # never a half-written model.keras
-    if cfg.export_saved_model:
+    if cfg.export_saved_model and cfg.head_type == "probface":  # the serving signatures need sigma_sq
         from probface_tf.export import export_saved_model
 
         export_saved_model(model, os.path.join(run_dir, "saved_model"), version=max(global_step, 1),
@@ -200,6 +205,10 @@ def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
 def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: str | None = None,
           max_steps: int | None = None, evaluate_each_epoch: bool = True) -> dict:
     """Train the head as the config says. Returns {'run_dir', 'global_step', 'last_watch'}."""
+    if cfg.head_type == "mc_dropout":  # nothing to train: the head reuses the backbone's bottleneck
+        from probface_tf.baselines.training import train_mc_dropout
+
+        return train_mc_dropout(cfg, config_path, resume, run_dir, max_steps, evaluate_each_epoch)
     configure_runtime(cfg)
     model = build_model(cfg)
     if run_dir is None:

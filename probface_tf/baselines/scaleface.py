@@ -1,0 +1,59 @@
+"""ScaleFace as an uncertainty method: a stage-1 run's backbone and scale head composed into one model.
+
+A ScaleFace run directory (``probface_tf.train.backbone``) holds ``backbone.keras`` and ``scale_head.keras``
+(features of one backbone end point -> positive scale ``s(x)``). :func:`scaleface_model` joins them into a
+model with the baselines' outputs ``{'mu', 'uncertainty'}``, ``uncertainty = 1 / s(x)`` (a low scale marks an
+uncertain face), so the evaluator compares it with the other methods through the same interface.
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+
+from probface_tf.baselines.heads import BaselineHeadError
+from probface_tf.models.heads import uncertainty_from_scale
+from probface_tf.models.layers import PACKAGE
+
+BACKBONE_FILE = "backbone.keras"  # the names probface_tf.train.backbone writes
+SCALE_HEAD_FILE = "scale_head.keras"
+
+
+def is_scaleface_run(path: str) -> bool:
+    return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, f)) for f in (BACKBONE_FILE, SCALE_HEAD_FILE))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class InverseScale(keras.layers.Layer):
+    """``1 / scale``: ScaleFace's uncertainty (larger = riskier)."""
+
+    def call(self, scale):
+        return uncertainty_from_scale(scale)
+
+
+def _feature_end_point(backbone: keras.Model, scale_head: keras.Model, source: str) -> str:
+    """The backbone end point whose shape matches the scale head's input (conv_final unless configured)."""
+    want = tuple(scale_head.inputs[0].shape[1:])
+    names = [n for n, t in backbone.output.items() if n != "mu" and tuple(t.shape[1:]) == want]
+    if not names:
+        raise BaselineHeadError(f"{source}: the scale head takes features of shape {want}, which no backbone "
+                                f"end point has ({ {n: tuple(t.shape[1:]) for n, t in backbone.output.items()} })")
+    return "conv_final" if "conv_final" in names else names[0]
+
+
+def scaleface_model(run_dir: str, name: str = "ScaleFace") -> keras.Model:
+    """Load a ScaleFace run's backbone and scale head; returns a model ``images -> {'mu', 'uncertainty'}``."""
+    import probface_tf.models.heads  # noqa: F401 - registers ScaleHead for deserialisation
+
+    if not is_scaleface_run(run_dir):
+        raise BaselineHeadError(f"{run_dir}: not a ScaleFace run directory (needs {BACKBONE_FILE} and "
+                                f"{SCALE_HEAD_FILE})")
+    backbone = keras.saving.load_model(os.path.join(run_dir, BACKBONE_FILE), compile=False)
+    scale_head = keras.saving.load_model(os.path.join(run_dir, SCALE_HEAD_FILE), compile=False)
+    end_point = _feature_end_point(backbone, scale_head, run_dir)
+    images = keras.Input(backbone.input.shape[1:], name="images")
+    end_points = backbone(images)
+    scale = scale_head(end_points[end_point])
+    outputs = {"mu": keras.layers.Identity(name="mu_out", dtype="float32")(end_points["mu"]),
+               "uncertainty": InverseScale(name="uncertainty", dtype="float32")(scale)}
+    return keras.Model(images, outputs, name=name)
