@@ -275,8 +275,11 @@ def test_cli_outputs_and_refused_bin(data, tmp_path):
     assert payload["datasets"][1]["pairs"] == 40
 
     (tmp_path / "evil.bin").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    run = _cli("--model", str(data["root"] / "tiny.keras"), "--bin", str(tmp_path / "evil.bin"))
+    refused_out = tmp_path / "refused_out"
+    run = _cli("--model", str(data["root"] / "tiny.keras"), "--bin", str(tmp_path / "evil.bin"),
+               "--out", str(refused_out))
     assert run.returncode == 2
+    assert not refused_out.exists()  # a refused .bin leaves no empty output folder behind
     assert "Traceback" not in run.stderr and "pwned" not in run.stdout
     assert run.stderr.strip().splitlines()[-1].startswith("evaluate.py: error: ")
     assert "refused to load" in run.stderr and "'os.system'" in run.stderr

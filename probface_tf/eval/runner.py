@@ -224,14 +224,14 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
     figures and (``save_scores``) ``<name>/scores.npz`` into ``out_dir``."""
     from probface_tf.eval.plots import dataset_figures
 
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
     if not model.has_sigma:
         echo("note: %s has no sigma_sq output (%s); evaluating with cosine only" % (model.path, model.sigma_note))
     results, figures = [], {}
     for path in paths:
         result, arrays, sigma_sq = evaluate_bin(model, path, batch_size, fusion)
         results.append(result)
+        if out_dir:  # only once there is something to write: a refused first .bin leaves no empty folder
+            os.makedirs(out_dir, exist_ok=True)
         echo(report.dataset_text(result) + "\n")
         if out_dir and plots:
             figures[result["name"]] = dataset_figures(result, sigma_sq, out_dir)
@@ -239,6 +239,7 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
             report.write_scores(os.path.join(out_dir, result["name"], "scores.npz"), arrays)
     echo(report.summary_table(results, model.name))
     if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
         payload = {"model": model.path, "model_kind": model.kind, "has_sigma": model.has_sigma,
                    "uncertainty": getattr(model, "uncertainty", "sigma_sq"),
                    "image_size": list(model.image_size), "fusion": fusion,
