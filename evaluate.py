@@ -58,7 +58,6 @@ def main(argv):
         out = FLAGS.out or _default_out(FLAGS.model)
         evaluate_bins(model, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots,
                       echo=lambda text: print(text, flush=True))
-        print("\nwrote %s" % os.path.join(out, "results.json"), flush=True)
 
 
 def _dashed_aliases(argv):

@@ -151,14 +151,21 @@ class Config(types.SimpleNamespace):
         return getattr(self, key, default)
 
     def to_dict(self) -> dict:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def explicit(self) -> dict:
+        """Only the keys the recipe (or an override) set; derived defaults such as ``learning_rate_schedule``
+        from ``lr`` are left out, so a recipe built on top of this one derives them again from its own values."""
+        return {k: v for k, v in self.to_dict().items() if k in getattr(self, "_explicit", ())}
 
     def replace(self, **changes) -> "Config":
         d = self.to_dict()
         for key, value in changes.items():
             _check_key(key, value, "<replace>")
             d[key] = value
-        return Config(**d)
+        cfg = Config(**d)
+        cfg._explicit = frozenset(getattr(self, "_explicit", ())) | set(changes)
+        return cfg
 
 
 def _check_key(key: str, value: Any, source: str) -> None:
@@ -216,7 +223,9 @@ def from_dict(values: dict, source: str = "<dict>") -> Config:
     cfg["image_size"] = list(cfg["image_size"])
     _original_defaults(cfg)
     _validate_values(cfg, source)
-    return Config(**cfg)
+    config = Config(**cfg)
+    config._explicit = frozenset(values)
+    return config
 
 
 def _module_values(path: str) -> dict:

@@ -23,7 +23,7 @@ STAGE_KEYS = ("stage", "name", "backbone_config", "head_config")
 
 def stage_config(cfg, stage: str, overrides: dict | None, **fixed):
     """A stage's config: the demo's shared keys, the stage's overrides, then the fixed wiring."""
-    shared = {k: v for k, v in cfg.to_dict().items() if k not in STAGE_KEYS}
+    shared = {k: v for k, v in cfg.explicit().items() if k not in STAGE_KEYS}
     return from_dict({**shared, **(overrides or {}), **fixed, "stage": stage}, source=f"demo {stage} stage")
 
 

@@ -283,3 +283,41 @@ def test_cli_outputs_and_refused_bin(data, tmp_path):
     assert "Traceback" not in run.stderr and "pwned" not in run.stdout
     assert run.stderr.strip().splitlines()[-1].startswith("evaluate.py: error: ")
     assert "refused to load" in run.stderr and "'os.system'" in run.stderr
+
+
+def _run_eval(*args):
+    return subprocess.run(["bash", os.path.join(ROOT, "run_eval.sh"), *args], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT, timeout=600)
+
+
+def test_run_eval_sh_evaluates_known_bins_and_ends_with_the_summary_table(data, tmp_path):
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    # found and listed in the README's column order, whatever the folder order
+    (bins / "agedb_30.bin").write_bytes((data["root"] / "cfp_fp.bin").read_bytes())
+    (bins / "lfw.bin").write_bytes((data["root"] / "lfw.bin").read_bytes())
+    (bins / "not_a_benchmark.bin").write_bytes(b"ignored: not a known dataset name")
+    out = tmp_path / "out"
+    run = _run_eval(str(data["root"] / "tiny.keras"), str(bins), "--out", str(out), "--batch_size", "32")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("evaluating lfw agedb_30 from ")
+    lines = run.stdout.strip().splitlines()
+    header = lines.index("| Method | LFW | AgeDB30 | Avg |")
+    rows = [line.strip("| ").split(" | ") for line in lines[header + 2:]]
+    assert len(lines) == header + 2 + len(rows) and [r[0] for r in rows] == ["tiny.keras (Cosine)",
+                                                                                "tiny.keras (FastMLS)"]
+    payload = json.loads((out / "results.json").read_text())
+    assert [d["pairs"] for d in payload["datasets"]] == [60, 40]
+    for row, score in zip(rows, ("cosine", "fastmls")):
+        accs = [100 * d["verification"][score]["accuracy"] for d in payload["datasets"]]
+        assert row[1:] == ["%.2f" % a for a in accs] + ["%.2f" % (sum(accs) / 2)]
+
+
+@pytest.mark.parametrize("make_args, needle", [
+    (lambda tmp: [], "usage:"),
+    (lambda tmp: ["m.keras", str(tmp / "missing")], "is not a directory"),
+    (lambda tmp: ["m.keras", str(tmp)], "no known .bin"),
+])
+def test_run_eval_sh_usage_errors(make_args, needle, tmp_path):
+    run = _run_eval(*make_args(tmp_path))
+    assert run.returncode == 2 and needle in run.stderr

@@ -237,7 +237,6 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
             figures[result["name"]] = dataset_figures(result, sigma_sq, out_dir)
         if out_dir and save_scores:
             report.write_scores(os.path.join(out_dir, result["name"], "scores.npz"), arrays)
-    echo(report.summary_table(results, model.name))
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         payload = {"model": model.path, "model_kind": model.kind, "has_sigma": model.has_sigma,
@@ -247,4 +246,6 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
                    "summary": dict(zip(("header", "rows"), report.summary_rows(results, model.name)))}
         report.write_json(os.path.join(out_dir, "results.json"), payload)
         report.write_markdown(os.path.join(out_dir, "results.md"), results, model.name, figures)
+        echo("wrote %s, results.md and the figures" % os.path.join(out_dir, "results.json"))
+    echo("\n" + report.summary_table(results, model.name))  # last, like the original README's results table
     return results
