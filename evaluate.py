@@ -1,12 +1,17 @@
-"""Evaluate a face model on insightface .bin verification sets (LFW, CFP-FP, AgeDB-30, ...).
+"""Evaluate face models on insightface .bin verification sets (LFW, CFP-FP, AgeDB-30, ...) or on template pairs.
 
-    python evaluate.py --model PATH --bin FILE [--bin FILE ...] [--bin_dir DIR --targets lfw,cfp_fp,...]
+    python evaluate.py --model PATH [--model PATH ...] [--method NAME ...]
+                       --bin FILE [--bin FILE ...] [--bin_dir DIR --targets lfw,cfp_fp,...]
                        [--config CFG] [--batch_size 128] [--fusion max|sum] [--out DIR] [--save-scores]
+    python evaluate.py --model PATH [--model PATH ...] --templates LIST_OR_DIR --template_pairs FILE
 
-PATH: a SavedModel (export directory or base), a .keras model, or an original TF1 run dir / checkpoint (give its
-config with --config). Prints, per dataset, the original verification and risk-controlled lines and the
-error-versus-reject table, then a summary table; writes results.json, results.md, PNG figures and (with
---save-scores) <name>/scores.npz into --out.
+PATH: a SavedModel (export directory or base), a .keras model (ProbFace or a baseline with outputs mu and
+uncertainty), a ScaleFace run dir, or an original TF1 run dir / checkpoint (give its config with --config).
+Prints, per dataset, the original verification and risk-controlled lines and the error-versus-reject table,
+then a summary table; writes results.json, results.md, PNG figures and (with --save-scores) <name>/scores.npz
+into --out. With several --model: each model's outputs in --out/<method>/, and a comparison table (method x
+dataset) in --out/results.md, results.json ("comparison") and on stdout. With --templates: TAR@FAR of template
+pairs for PFE fusion + FastMLS, PFE fusion + cosine and mean pooling + cosine.
 """
 import os
 import sys
@@ -16,48 +21,110 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # an entry script: keep Tens
 
 from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string("model", None, "SavedModel directory / export base, .keras file, or TF1 run dir / checkpoint")
+flags.DEFINE_multi_string("model", [], "SavedModel directory / export base, .keras file, ScaleFace run dir, or TF1 "
+                          "run dir / checkpoint; repeat to compare several methods")
+flags.DEFINE_multi_string("method", [], "label of each --model (same count and order; default: the model's name)")
 flags.DEFINE_multi_string("bin", [], ".bin file to evaluate (repeatable)")
 flags.DEFINE_string("bin_dir", None, "folder of .bin files; evaluates <bin_dir>/<target>.bin for each --targets")
 flags.DEFINE_list("targets", ["lfw", "cfp_ff", "cfp_fp", "agedb_30", "calfw", "cplfw", "vgg2_fp"],
                   "dataset names looked up in --bin_dir")
 flags.DEFINE_boolean("skip_missing", False, "leave out --bin_dir targets that are not there instead of failing")
-flags.DEFINE_string("config", None, "config file: evaluation preprocessing and, for TF1 checkpoints, architecture")
+flags.DEFINE_multi_string("config", [], "config file: evaluation preprocessing and, for TF1 checkpoints, "
+                          "architecture; once for every --model or once per --model ('' = none)")
+flags.DEFINE_string("templates", None, "template list (template_id,image_path rows) or folder of template "
+                    "sub-folders: evaluate template pairs instead of .bin files")
+flags.DEFINE_string("template_pairs", None, "template_id_1,template_id_2,label rows (with --templates)")
+flags.DEFINE_string("image_root", None, "folder the --templates image paths are relative to (default: the "
+                    "list's folder)")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
 flags.DEFINE_string("out", None, "output folder (default log/eval/<model>-<timestamp>)")
-flags.DEFINE_boolean("save_scores", False, "also write <out>/<name>/scores.npz (alias --save-scores)")
+flags.DEFINE_boolean("save_scores", False, "also write per-pair scores (.npz) into --out (alias --save-scores)")
 flags.DEFINE_boolean("plots", True, "write the PNG figures")
-flags.DEFINE_string("method", None, "row label of the summary table (default: the model's name)")
 FLAGS = flags.FLAGS
 
 
-def _default_out(model_path: str) -> str:
-    name = os.path.basename(os.path.normpath(model_path)) or "model"
+def _default_out(name: str) -> str:
+    name = os.path.basename(os.path.normpath(name)) or "model"
     return os.path.join("log", "eval", "%s-%s" % (name, time.strftime("%Y%m%d-%H%M%S")))
+
+
+def _check_flags() -> list[str]:
+    """Usage errors before anything heavy is imported; returns the method labels."""
+    from probface_tf.eval.compare import ComparisonError, method_labels
+
+    if not FLAGS.model:
+        raise app.UsageError("--model is required")
+    if FLAGS.templates is not None or FLAGS.template_pairs is not None:
+        if not (FLAGS.templates and FLAGS.template_pairs):
+            raise app.UsageError("--templates LIST_OR_DIR and --template_pairs FILE go together")
+        if FLAGS.bin or FLAGS.bin_dir:
+            raise app.UsageError("--templates evaluates template pairs and cannot be combined with --bin/--bin_dir; "
+                                 "run evaluate.py once for each")
+    elif not FLAGS.bin and not FLAGS.bin_dir:
+        raise app.UsageError("give --bin FILE (repeatable) or --bin_dir DIR, or --templates with --template_pairs")
+    if len(FLAGS.config) not in (0, 1, len(FLAGS.model)):
+        raise app.UsageError(f"--config given {len(FLAGS.config)} times for {len(FLAGS.model)} --model(s): give it "
+                             f"once (used for every model) or once per --model in the same order ('' for none)")
+    try:
+        return method_labels(FLAGS.model, FLAGS.method)
+    except ComparisonError as exc:
+        raise app.UsageError(str(exc)) from None
+
+
+def _load_models(labels: list[str]) -> list:
+    from probface_tf.eval.model_loader import load_model
+
+    configs = FLAGS.config * len(FLAGS.model) if len(FLAGS.config) == 1 else FLAGS.config or [None] * len(labels)
+    models = []
+    for path, config, label in zip(FLAGS.model, configs, labels):
+        model = load_model(path, config or None)
+        if FLAGS.method or len(labels) > 1:  # a lone model keeps its own name unless --method says otherwise
+            model.label = label
+        models.append(model)
+    return models
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments %s" % argv[1:])
-    if not FLAGS.model:
-        raise app.UsageError("--model is required")
-    if not FLAGS.bin and not FLAGS.bin_dir:
-        raise app.UsageError("give --bin FILE (repeatable) or --bin_dir DIR")
+    labels = _check_flags()
     logging.set_verbosity(logging.WARNING)
     from probface_tf.cli_support import fail_cleanly
-    from probface_tf.eval.model_loader import load_model
+
+    echo = lambda text: print(text, flush=True)  # noqa: E731
+    with fail_cleanly("evaluate.py"):
+        if FLAGS.templates:
+            _templates(labels, echo)
+        else:
+            _bins(labels, echo)
+
+
+def _bins(labels, echo) -> None:
+    from probface_tf.eval.compare import evaluate_methods
     from probface_tf.eval.runner import evaluate_bins, resolve_bins
 
-    with fail_cleanly("evaluate.py"):
-        paths = resolve_bins(FLAGS.bin, FLAGS.bin_dir, FLAGS.targets, FLAGS.skip_missing)
-        model = load_model(FLAGS.model, FLAGS.config)
-        if FLAGS.method:
-            model.label = FLAGS.method
-        out = FLAGS.out or _default_out(FLAGS.model)
-        evaluate_bins(model, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots,
-                      echo=lambda text: print(text, flush=True))
+    paths = resolve_bins(FLAGS.bin, FLAGS.bin_dir, FLAGS.targets, FLAGS.skip_missing)
+    models = _load_models(labels)
+    if len(models) == 1:
+        out = FLAGS.out or _default_out(FLAGS.model[0])
+        evaluate_bins(models[0], paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
+    else:
+        out = FLAGS.out or _default_out("compare")
+        evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
+
+
+def _templates(labels, echo) -> None:
+    from probface_tf.eval.compare import folder_names
+    from probface_tf.eval.template_protocol import load_protocol
+    from probface_tf.eval.templates import run_templates
+
+    protocol = load_protocol(FLAGS.templates, FLAGS.template_pairs, FLAGS.image_root)
+    models = _load_models(labels)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-templates")
+    run_templates(models, protocol, out, folder_names([m.name for m in models]), FLAGS.batch_size,
+                  FLAGS.save_scores, echo)
 
 
 def _dashed_aliases(argv):

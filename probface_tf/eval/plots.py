@@ -1,5 +1,6 @@
 """PNG figures of an evaluation: reject-verification curves (TAR@FAR versus rejected portion, one panel per FAR,
-one line per distance + uncertainty combination), error versus reject, and the sigma_sq histogram.
+one line per distance + uncertainty combination), error versus reject, the sigma_sq histogram, and the
+multi-method comparison (one line per method).
 
 Figures are drawn on Agg canvases created here, so no global matplotlib backend is touched and nothing needs
 a display.
@@ -61,6 +62,23 @@ def plot_sigma_histogram(sigma_sq, path: str, title: str = "", bins: int = 50) -
     ax.set_ylabel("images" if values.size else "")
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "sigma_sq (%d values)" % values.size)
+    return _save(fig, path)
+
+
+def plot_method_comparison(panels, path: str, title: str = "") -> str:
+    """``panels``: ``[(y label, {method: (x, y)})]`` -> one panel each, x = rejected fraction, one line per method
+    (a method without uncertainty has no curve and is left out)."""
+    fig = Figure(figsize=(5.2 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (ylabel, lines) in zip(axes, panels):
+        for method, (x, y) in lines.items():
+            ax.plot(x, y, marker="." if len(x) < 20 else None, label=method)
+        ax.set_xlabel("rejected fraction")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    axes[-1].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

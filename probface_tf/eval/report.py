@@ -84,7 +84,7 @@ def dataset_text(result: dict) -> str:
 # ------------------------------------------------------------------ summary table
 
 
-def _ordered_names(results: list[dict]) -> list[str]:
+def ordered_names(results: list[dict]) -> list[str]:
     names = [r["name"] for r in results]
     known = [n for n in DATASET_TITLES if n in names]
     return known + [n for n in names if n not in DATASET_TITLES]
@@ -92,7 +92,7 @@ def _ordered_names(results: list[dict]) -> list[str]:
 
 def summary_rows(results: list[dict], method: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows (accuracy in %, 2 decimals, and the average) for each score evaluated everywhere."""
-    names = _ordered_names(results)
+    names = ordered_names(results)
     by_name = {r["name"]: r for r in results}
     header = ["Method"] + [DATASET_TITLES.get(n, n) for n in names] + ["Avg"]
     scores = [s for s in ("cosine", "fastmls", "mls")

@@ -1,8 +1,9 @@
 """Evaluate a model on insightface .bin verification sets: extract features in batches, then every metric.
 
 ``evaluate_features`` is pure NumPy (features in, result dict out); ``extract_features`` streams a .bin through a
-model (decode and preprocessing run in a tf.data pipeline beside the model, so only a few batches of float
-images exist at any time); ``evaluate_bins`` runs both for several files and writes every output.
+model (``probface_tf.eval.extraction``: decode and preprocessing run in a tf.data pipeline beside the model, so
+only a few batches of float images exist at any time); ``evaluate_bins`` runs both for several files and
+``report_results`` writes every output.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from probface_tf import scoring
 from probface_tf.eval import report, risk
+from probface_tf.eval.extraction import EvaluationError, extract_bin, image_pipeline  # noqa: F401 - public here
 from probface_tf.eval.report import PERCENTILES
 from probface_tf.eval.verification import ten_fold_accuracy
 
@@ -21,10 +23,6 @@ KNOWN_TARGETS = ("lfw", "cfp_ff", "cfp_fp", "agedb_30", "calfw", "cplfw", "vgg2_
 
 # ScaleFace-style (distance, pair uncertainty fusion) combinations drawn as reject-verification curves.
 REJECT_COMBOS = (("cosine", "max"), ("cosine", "sum"), ("mls", "sum"), ("mls", "max"))
-
-
-class EvaluationError(ValueError):
-    """A dataset or model cannot be evaluated; the message names the file and the problem."""
 
 
 def pair_score_arrays(mu, sigma_sq) -> dict:
@@ -108,79 +106,10 @@ def _reject_verification(scores, kind, issame, u1, u2, rejected_portions, fars) 
 # ---------------------------------------------------------------------------------------------------- extraction
 
 
-def _first_image_shape(binset) -> tuple:
-    from probface_tf.data.dataset import decode_bytes
-
-    return tuple(decode_bytes(binset.encoded[0], f"{binset.path} image 0").shape)
-
-
-def image_pipeline(binset, preprocessing, batch_size: int):
-    """tf.data pipeline: encoded images -> decoded uint8 (every image must have image 0's size, as the
-    original's fixed-size buffer) -> float32 batch -> evaluation preprocessing -> prefetch."""
-    import tensorflow as tf
-
-    from probface_tf.data.preprocess import decode_image, preprocess_batch
-
-    shape = _first_image_shape(binset)
-    ops, stretch, method = preprocessing.ops, preprocessing.contrast_stretch, preprocessing.resize_method
-    preprocess_batch(tf.zeros((1, *shape), tf.float32), ops, False, stretch, method)  # op-list errors surface here
-
-    def decode(encoded):
-        return tf.ensure_shape(decode_image(encoded, shape[2]), shape)
-
-    def prepare(images):
-        # The original decoded .bin images into float32, which is what turns on the contrast stretch.
-        return preprocess_batch(tf.cast(images, tf.float32), ops, False, stretch, method)
-
-    data = tf.data.Dataset.from_tensor_slices(tf.constant(binset.encoded, tf.string))
-    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
-    data = data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data.prefetch(2)
-
-
-def _check_input_size(data, model, binset) -> None:
-    size = tuple(data.element_spec.shape.as_list()[1:3])
-    if size != tuple(model.image_size):
-        raise EvaluationError(
-            f"{binset.path}: preprocessing ({model.preprocessing.source}: {model.preprocessing.ops}) gives "
-            f"{size[0]}x{size[1]} images but the model takes {model.image_size[0]}x{model.image_size[1]}; "
-            f"pass the model's --config or fix preprocess_test")
-
-
-def _locate_bad_image(binset, error) -> Exception:
-    """The pipeline failed: decode images one by one to name the culprit."""
-    from probface_tf.data.dataset import decode_bytes
-
-    shape = None
-    for i, blob in enumerate(binset.encoded):
-        image = decode_bytes(blob, f"{binset.path} image {i}")  # raises UnreadableImageError naming it
-        shape = shape or image.shape
-        if image.shape != shape:
-            return EvaluationError(f"{binset.path} image {i}: size {image.shape[:2]} differs from image 0's "
-                                   f"{shape[:2]}")
-    first_line = str(getattr(error, "message", error)).strip().splitlines()[0]
-    return EvaluationError(f"{binset.path}: feature extraction failed: {first_line}")
-
-
 def extract_features(model, binset, batch_size: int = 128, progress=None) -> tuple[np.ndarray, np.ndarray | None]:
     """(mu [2P, D], sigma_sq [2P, S] or None) for every image of ``binset`` in file order."""
-    import tensorflow as tf
-
-    data = image_pipeline(binset, model.preprocessing, batch_size)
-    _check_input_size(data, model, binset)
-    mus, sigmas = [], []
-    try:
-        for images in data:
-            out = model(images)
-            mus.append(out["mu"])
-            if model.has_sigma:
-                sigmas.append(out[getattr(model, "uncertainty", "sigma_sq")])
-            if progress is not None:
-                progress(len(mus[-1]))
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        raise _locate_bad_image(binset, exc) from None
-    mu = np.concatenate(mus)
-    return mu, (np.concatenate(sigmas) if model.has_sigma else None)
+    mu, sigma_sq, _ = extract_bin([model], binset, batch_size, progress)[0]
+    return mu, sigma_sq
 
 
 # ---------------------------------------------------------------------------------------------------- whole runs
@@ -222,13 +151,19 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
                   save_scores: bool = False, plots: bool = True, echo=print) -> list[dict]:
     """Evaluate every .bin, echo the original text block of each, and write results.json, results.md, the
     figures and (``save_scores``) ``<name>/scores.npz`` into ``out_dir``."""
+    evaluated = (evaluate_bin(model, path, batch_size, fusion) for path in paths)  # lazily: echo as each ends
+    return report_results(model, evaluated, out_dir, fusion, save_scores, plots, echo)
+
+
+def report_results(model, evaluated, out_dir: str | None = None, fusion: str = "max", save_scores: bool = False,
+                   plots: bool = True, echo=print) -> list[dict]:
+    """Echo and write the outputs of one model from ``(result, per-pair arrays, sigma_sq)`` of each dataset."""
     from probface_tf.eval.plots import dataset_figures
 
     if not model.has_sigma:
         echo("note: %s has no sigma_sq output (%s); evaluating with cosine only" % (model.path, model.sigma_note))
     results, figures = [], {}
-    for path in paths:
-        result, arrays, sigma_sq = evaluate_bin(model, path, batch_size, fusion)
+    for result, arrays, sigma_sq in evaluated:
         results.append(result)
         if out_dir:  # only once there is something to write: a refused first .bin leaves no empty folder
             os.makedirs(out_dir, exist_ok=True)
