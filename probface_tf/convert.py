@@ -2,8 +2,9 @@
 
 ``probface-convert RUN_DIR_OR_CKPT --out model.keras`` reads a ResFace64 base model or a full ProbFace model
 (``UncertaintyModule/...`` variables). The architecture (widths, depths, fusion, input size, embedding size,
-sigma size) is read off the checkpoint's variable shapes, so no config is needed; a config, when given, is
-checked against it.
+sigma size, the end point feeding the head) is read off the checkpoint's variable shapes, so no config is
+needed; a config, when given, is checked against it and settles what the shapes cannot tell (whether a
+backbone-only or stage-output-head checkpoint belongs to a fusion network).
 """
 from __future__ import annotations
 
@@ -75,12 +76,30 @@ def infer_architecture(values: dict[str, np.ndarray]) -> dict:
         raise CheckpointError(f"Bottleneck input {bottleneck.shape[0]} is not a square map of {filters[-1]} "
                               "channels; pass image_size explicitly")
     arch = {"backbone_filters": list(filters), "backbone_blocks": blocks, "image_size": [16 * side, 16 * side],
-            "embedding_size": int(bottleneck.shape[1]), "fusion": False, "uncertainty_module_output_size": None}
+            "embedding_size": int(bottleneck.shape[1]), "fusion": None, "uncertainty_module_input": None,
+            "head_inputs": [], "uncertainty_module_output_size": None}
     fc1 = values.get("UncertaintyModule/fc1/weights")
     if fc1 is not None:
-        arch["fusion"] = fc1.shape[0] == bottleneck.shape[0] + sum(filters)
+        sizes = _end_point_sizes(filters, 16 * side)
+        arch["head_inputs"] = [(name, fusion) for name, fusion, size in sizes if size == fc1.shape[0]]
+        if not arch["head_inputs"]:
+            known = ", ".join(f"{n}{' (fusion)' if f else ''} {size}" for n, f, size in sizes)
+            raise CheckpointError(f"UncertaintyModule/fc1/weights takes {fc1.shape[0]} features, which matches no "
+                                  f"end point of this backbone ({known})")
+        arch["uncertainty_module_input"], arch["fusion"] = arch["head_inputs"][0]
         arch["uncertainty_module_output_size"] = int(values["UncertaintyModule/fc_log_sigma_sq/weights"].shape[1])
     return arch
+
+
+def _end_point_sizes(filters, side: int) -> list[tuple[str, bool | None, int]]:
+    """(end point, fusion, flattened width) the head may be attached to; fusion None = either backbone.
+
+    The plain conv_final comes first: Conv4 flattened has the same width, and the two give the same features.
+    Only a conv_final head tells fusion apart: the stage outputs and the bottleneck exist in both backbones.
+    """
+    flat = (side // 16) ** 2 * filters[-1]
+    sizes = [("conv_final", False, flat), ("conv_final", True, flat + sum(filters))]
+    return sizes + [(f"Conv{k}", None, (side >> k) ** 2 * filters[k - 1]) for k in range(1, 5)]
 
 
 def _scoped(names, restore_scopes, exclude_restore_scopes):
@@ -139,11 +158,12 @@ def load_tf1_checkpoint(path: str, cfg=None, allow_missing_head: bool = False, r
                                   "convert with --allow_missing_head to start a fresh head")
         allow_missing_head = True
         out_size = cfg.uncertainty_module_output_size if cfg is not None else 1
-    spec = BackboneSpec(tuple(arch["backbone_filters"]), tuple(arch["backbone_blocks"]), arch["fusion"])
+    head_input, fusion = _choose_head_input(arch, cfg)
+    spec = BackboneSpec(tuple(arch["backbone_filters"]), tuple(arch["backbone_blocks"]), fusion)
     if cfg is not None:
-        _check_against_config(arch, out_size, spec, cfg, prefix)
+        _check_against_config(arch, out_size, spec, head_input, cfg, prefix)
     model = build_probface(image_size=arch["image_size"], embedding_size=arch["embedding_size"],
-                           uncertainty_module_output_size=out_size,
+                           uncertainty_module_output_size=out_size, uncertainty_module_input=head_input,
                            weight_decay=cfg.weight_decay if cfg is not None else 5e-4,
                            backbone_filters=spec.filters, backbone_blocks=spec.blocks,
                            embedding_network="resface64_relu_m" if spec.fusion else "resface64_relu",
@@ -152,12 +172,29 @@ def load_tf1_checkpoint(path: str, cfg=None, allow_missing_head: bool = False, r
     return model
 
 
-def _check_against_config(arch, out_size, spec, cfg, prefix):
+def _choose_head_input(arch, cfg) -> tuple[str, bool]:
+    """(end point feeding the head, fusion backbone?) from the checkpoint, settled by the config where the
+    checkpoint cannot tell (no head, or a head on a stage output: fusion adds no variables)."""
+    from probface_tf.models.resface import backbone_spec
+
+    candidates = arch["head_inputs"]
+    if cfg is None:
+        head_input, fusion = candidates[0] if candidates else ("conv_final", None)
+        return head_input, bool(fusion)
+    want = backbone_spec(cfg.embedding_network, cfg.backbone_filters, cfg.backbone_blocks)
+    agree = [c for c in candidates if c[0] == cfg.uncertainty_module_input and c[1] in (None, want.fusion)]
+    # With no agreeing candidate the checkpoint's own reading is kept and the config check reports the clash.
+    head_input, fusion = (agree or candidates or [(cfg.uncertainty_module_input, None)])[0]
+    return head_input, want.fusion if fusion is None else fusion
+
+
+def _check_against_config(arch, out_size, spec, head_input, cfg, prefix):
     from probface_tf.models.resface import backbone_spec
 
     want = backbone_spec(cfg.embedding_network, cfg.backbone_filters, cfg.backbone_blocks)
     pairs = [("embedding_size", cfg.embedding_size, arch["embedding_size"]),
              ("uncertainty_module_output_size", cfg.uncertainty_module_output_size, out_size),
+             ("uncertainty_module_input", cfg.uncertainty_module_input, head_input),
              ("backbone filters", list(want.filters), list(spec.filters)),
              ("backbone blocks", list(want.blocks), list(spec.blocks)),
              ("fusion (_m backbone)", want.fusion, spec.fusion),

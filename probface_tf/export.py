@@ -25,6 +25,11 @@ compare_all        ``mu1`` [N1, D], ``sigma_sq1`` [N1, S], ``mu2``   ``mls`` [N1
 ``mls`` is the original ``pair_MLS_score``: FastMLS ``-(2(1-mu1.mu2)/(1e-10+s1+s2) + log(s1+s2))`` for a 1-d
 sigma, ``-(mean_d (mu1-mu2)^2/(s1+s2) + mean_d log(s1+s2))`` for a D-dim one. ``cosine`` re-normalises rows.
 Names echo the original frozen graph (``input``, ``mu``, ``sigma_sq``, ``embeddings_with_sigma``).
+
+Every signature checks its input shapes in the graph before any other op runs, because TF Serving and a loaded
+SavedModel pass whatever shape the client sends: a bad input fails with an InvalidArgumentError whose message
+names the signature, the input and the expected shape (``serving_default: input must be float32
+[N, 96, 96, 3] (preprocessed faces), got shape [1 96 95 3]``); an undecodable image is named by its index.
 """
 from __future__ import annotations
 
@@ -123,6 +128,34 @@ def _check_preprocessing(ops, image_size, resize_method, contrast_stretch):
                           f"but the model takes float32 [{image_size[0]}, {image_size[1]}, 3]")
 
 
+def _dims_text(dims) -> str:
+    """'[N, 96, 96, 3]' from ['N', 96, 96, 3]."""
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _assert_shape(signature: str, name: str, tensor, expected, dtype: str, what: str):
+    """An in-graph check that ``tensor`` has the shape ``expected`` (str entries: any size, named so).
+
+    The signature's TensorSpec already fixes rank and sizes statically, so ``tf.debugging.assert_rank`` /
+    ``assert_equal`` would be folded away at trace time, yet a raw signature call (TF Serving, a loaded
+    SavedModel) passes whatever shape the client sent. Matching the runtime shape as text cannot be folded
+    and works for any rank, including the rank-3 input that would otherwise abort inside oneDNN.
+    """
+    shape = tf.shape(tensor)
+    text = tf.strings.reduce_join(tf.strings.as_string(shape), separator=" ")
+    pattern = " ".join(r"\d+" if isinstance(d, str) else str(int(d)) for d in expected)
+    # No quotes around the name: the Assert op prints its message C-escaped, ' as \'.
+    message = tf.strings.format(f"{signature}: {name} must be {dtype} {_dims_text(expected)} ({what}), "
+                                "got shape {}", [shape], summarize=-1)
+    return tf.debugging.Assert(tf.strings.regex_full_match(text, pattern), [message])
+
+
+def _after(checks, *tensors):
+    """``tensors`` gated on ``checks``: nothing downstream (convolutions included) runs before they pass."""
+    with tf.control_dependencies(checks):
+        return [tf.identity(t) for t in tensors]
+
+
 def _assert_image_bytes(encoded):
     """A clear in-graph error for elements that are no image, before the decoder's terse one."""
     known = tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(encoded, 0, len(m)), m) for m in _MAGIC]), axis=0)
@@ -136,17 +169,35 @@ def _assert_image_bytes(encoded):
 
 
 def _bytes_to_images(encoded, ops, image_size, resize_method, contrast_stretch):
-    """Encoded strings [N] -> float32 [N, H, W, 3], one image at a time (their sizes may differ)."""
+    """Encoded strings [N] -> float32 [N, H, W, 3], one image at a time (their sizes may differ).
+
+    A graph cannot catch a decoder error, so the images go through a tf.data pipeline that drops failing
+    elements (``ignore_errors``) with their indices; a missing index then becomes an error naming the element.
+    """
     from probface_tf.data.preprocess import decode_image, preprocess_batch
 
-    def one(data):
+    def one(index, data):
         batch = preprocess_batch(decode_image(data, channels=3)[tf.newaxis], ops, training=False,
                                  contrast_stretch=contrast_stretch, resize_method=resize_method)
-        return tf.ensure_shape(batch[0], [*image_size, 3])
+        return index, tf.ensure_shape(batch[0], [*image_size, 3])
 
-    with tf.control_dependencies([_assert_image_bytes(encoded)]):
-        encoded = tf.identity(encoded)
-    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([*image_size, 3], tf.float32))
+    (encoded,) = _after([_assert_image_bytes(encoded)], encoded)
+    n = tf.shape(encoded)[0]
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(n), encoded)).map(one).ignore_errors()
+    # One batch holds every surviving image (batch size 0 is invalid, hence the floor of 1).
+    dataset = dataset.batch(tf.cast(tf.maximum(n, 1), tf.int64))
+    empty = (tf.zeros([0], tf.int32), tf.zeros([0, *image_size, 3], tf.float32))
+    decoded, images = dataset.reduce(empty, lambda acc, b: (tf.concat([acc[0], b[0]], 0),
+                                                             tf.concat([acc[1], b[1]], 0)))
+    # Survivors keep their order, so the first failure is the first position i whose index is not i.
+    position = tf.range(tf.size(decoded))
+    first = tf.reduce_min(tf.concat([tf.boolean_mask(position, decoded != position), [tf.size(decoded)]], 0))
+    length = tf.concat([tf.strings.length(encoded), [0]], 0)[first]  # first <= n, also for an empty batch
+    message = tf.strings.format("from_image_bytes: {} element(s) of image_bytes could not be decoded (truncated or "
+                                "corrupt image data); the first is element {} ({} bytes)",
+                                (n - tf.size(decoded), first, length))
+    (images,) = _after([tf.debugging.Assert(tf.size(decoded) == n, [message])], images)
+    return tf.ensure_shape(images, [None, *image_size, 3])
 
 
 def _embed(model, images, dim: int, sigma_dim: int):
@@ -172,19 +223,26 @@ def _mls(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool):
     return mls_tf(mu1, sigma_sq1, mu2, sigma_sq2, pairwise=all_pairs)
 
 
-def _check_rows(name, mu, sigma_sq):
+def _check_rows(signature, k, mu, sigma_sq):
     return tf.debugging.assert_equal(tf.shape(mu)[0], tf.shape(sigma_sq)[0], message=(
-        f"{name}: mu{name[-1]} and sigma_sq{name[-1]} must have the same number of rows"))
+        f"{signature}: mu{k} and sigma_sq{k} must have the same number of rows"))
 
 
-def _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool, signature: str):
-    checks = [_check_rows(signature + "1", mu1, sigma_sq1), _check_rows(signature + "2", mu2, sigma_sq2)]
+def _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool, signature: str, dim: int, sigma_dim: int):
+    rows = ("N1", "N2") if all_pairs else ("N", "N")
+    shapes = [_assert_shape(signature, f"mu{k}", t, [n, dim], "float32", "L2-normalised embeddings")
+              for k, n, t in (("1", rows[0], mu1), ("2", rows[1], mu2))]
+    shapes += [_assert_shape(signature, f"sigma_sq{k}", t, [n, sigma_dim], "float32", "sigma_sq of this model")
+               for k, n, t in (("1", rows[0], sigma_sq1), ("2", rows[1], sigma_sq2))]
+    # Row counts are compared only once the ranks are known to be right.
+    mu1, sigma_sq1, mu2, sigma_sq2 = _after(shapes, mu1, sigma_sq1, mu2, sigma_sq2)
+    checks = [_check_rows(signature, "1", mu1, sigma_sq1), _check_rows(signature, "2", mu2, sigma_sq2)]
     if not all_pairs:
         checks.append(tf.debugging.assert_equal(tf.shape(mu1)[0], tf.shape(mu2)[0], message=(
             "compare is element-wise: both sets need the same number of rows (use compare_all for all pairs)")))
-    with tf.control_dependencies(checks):
-        return {"mls": tf.identity(_mls(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs), name="mls"),
-                "cosine": tf.identity(cosine_tf(mu1, mu2, pairwise=all_pairs), name="cosine")}
+    mu1, sigma_sq1, mu2, sigma_sq2 = _after(checks, mu1, sigma_sq1, mu2, sigma_sq2)
+    return {"mls": tf.identity(_mls(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs), name="mls"),
+            "cosine": tf.identity(cosine_tf(mu1, mu2, pairwise=all_pairs), name="cosine")}
 
 
 def _inference_form(model):
@@ -228,20 +286,25 @@ def build_serving_module(model, preprocess_ops=None, image_size=None, resize_met
     # The argument names become the signature's input keys.
     @tf.function(input_signature=[images_spec])
     def serving_default(input):  # noqa: A002 - the original frozen graph's input name
-        return _embed(model, input, dim, sigma_dim)
+        check = _assert_shape(SERVING_DEFAULT, "input", input, ["N", *size, 3], "float32", "preprocessed faces")
+        (images,) = _after([check], input)
+        return _embed(model, images, dim, sigma_dim)
 
     @tf.function(input_signature=[bytes_spec])
     def from_image_bytes(image_bytes):
+        check = _assert_shape(FROM_IMAGE_BYTES, "image_bytes", image_bytes, ["N"], "string",
+                              "one encoded image per element")
+        (image_bytes,) = _after([check], image_bytes)
         images = _bytes_to_images(image_bytes, ops, size, resize_method, bool(contrast_stretch))
         return _embed(model, images, dim, sigma_dim)
 
     @tf.function(input_signature=score_specs())
     def compare(mu1, sigma_sq1, mu2, sigma_sq2):
-        return _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs=False, signature="compare")
+        return _scores(mu1, sigma_sq1, mu2, sigma_sq2, False, COMPARE, dim, sigma_dim)
 
     @tf.function(input_signature=score_specs())
     def compare_all(mu1, sigma_sq1, mu2, sigma_sq2):
-        return _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs=True, signature="compare_all")
+        return _scores(mu1, sigma_sq1, mu2, sigma_sq2, True, COMPARE_ALL, dim, sigma_dim)
 
     metadata = {
         "format": FORMAT, "image_size": list(size), "channels": 3, "embedding_size": dim, "sigma_size": sigma_dim,

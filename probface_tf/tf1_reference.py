@@ -163,11 +163,16 @@ class TF1ProbFace:
 
     def __init__(self, spec: BackboneSpec | str = "resface64_relu", image_size=(96, 96), embedding_size=256,
                  output_size=1, weight_decay=5e-4, loss_weights=None, output_constraint="L2", with_head=True,
-                 with_train_op=False, batch_size=None, features_input=False):
+                 with_train_op=False, batch_size=None, features_input=False, head_input="conv_final", seed=0):
+        """``head_input``: the end point feeding the head (``conv_final`` or ``Conv1``..``Conv4``, as the
+        original ``uncertainty_module_input``). ``seed``: graph seed of the variable initializers, so the
+        reference weights (and the parity margins measured on them) are the same in every run."""
         self.spec = backbone_spec(spec) if isinstance(spec, str) else spec
         self.output_size = output_size
         self.graph = tf.Graph()
         with self.graph.as_default():
+            if seed is not None:
+                v1.set_random_seed(seed)
             h, w = image_size
             self.images = v1.placeholder(tf.float32, [batch_size, h, w, 3], name="images")
             self.labels = v1.placeholder(tf.int32, [batch_size], name="labels")
@@ -177,7 +182,11 @@ class TF1ProbFace:
             self.conv_final = conv_final
             self.mu = tf.identity(mu, name="mu")
             if with_head:
-                log_sigma_sq = uncertainty_graph(conv_final, output_size, self.phase_train, weight_decay)
+                if head_input != "conv_final" and head_input not in self.end_points:
+                    raise ValueError(f"head_input {head_input!r} is not an end point; choose conv_final or one of "
+                                     f"{sorted(self.end_points)}")
+                features = conv_final if head_input == "conv_final" else self.end_points[head_input]
+                log_sigma_sq = uncertainty_graph(features, output_size, self.phase_train, weight_decay)
                 self.log_sigma_sq = tf.identity(log_sigma_sq, name="log_sigma_sq")
                 self.sigma_sq = tf.identity(tf.exp(log_sigma_sq), name="sigma_sq")
             if with_train_op:

@@ -170,6 +170,88 @@ def test_fresh_process_without_package_reproduces_every_signature(exported, tmp_
     np.testing.assert_allclose(got("compare_all", "cosine"), cos_all, atol=1e-5, rtol=0)
 
 
+BAD_INPUTS = textwrap.dedent(r"""
+    import json, os, sys
+    import numpy as np
+    import tensorflow as tf
+
+    work, export_dir = sys.argv[1], sys.argv[2]
+    sig = tf.saved_model.load(export_dir).signatures
+    png, jpg = (open(os.path.join(work, n), "rb").read() for n in ("a.png", "b.jpg"))
+    z = lambda *shape: tf.zeros(shape, tf.float32)  # noqa: E731
+    pair = lambda m1=(2, 16), s1=(2, 1), m2=(2, 16), s2=(2, 1): dict(  # noqa: E731
+        mu1=z(*m1), sigma_sq1=z(*s1) + 1, mu2=z(*m2), sigma_sq2=z(*s2) + 1)
+    cases = {
+        "width": ("serving_default", dict(input=z(1, 32, 31, 3))),
+        "size": ("serving_default", dict(input=z(1, 48, 48, 3))),
+        "channels": ("serving_default", dict(input=z(2, 32, 32, 1))),
+        "rank3": ("serving_default", dict(input=z(32, 32, 3))),  # aborted the process inside oneDNN before
+        "rank5": ("serving_default", dict(input=z(1, 1, 32, 32, 3))),
+        "dtype": ("serving_default", dict(input=tf.zeros([1, 32, 32, 3], tf.int32))),
+        "bytes_rank2": ("from_image_bytes", dict(image_bytes=tf.constant([[png]]))),
+        "truncated": ("from_image_bytes", dict(image_bytes=tf.constant([png, jpg, jpg[:len(jpg) // 2],
+                                                                        png[:len(png) // 2]]))),
+        "mu1_width": ("compare", pair(m1=(2, 15))),
+        "sigma_sq2_width": ("compare", pair(s2=(2, 16))),
+        "mu2_rank1": ("compare", pair(m2=(16,))),
+        "all_mu2_width": ("compare_all", pair(m2=(3, 17), s2=(3, 1))),
+        "all_sigma_sq1_rank3": ("compare_all", pair(s1=(2, 1, 1))),
+        "rows": ("compare", pair(m2=(3, 16), s2=(3, 1))),
+        "all_rows": ("compare_all", pair(s1=(3, 1))),
+    }
+    report = {}
+    for case, (name, inputs) in cases.items():
+        try:
+            sig[name](**inputs)
+            report[case] = ["no error", ""]
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+            report[case] = [type(exc).__name__, str(exc)]
+    # Still alive, and the signatures still work after the rejections.
+    ok = sig["serving_default"](input=z(2, 32, 32, 3))["mu"].shape.as_list()
+    json.dump({"report": report, "ok": ok, "leaked": sorted(m for m in sys.modules if m.startswith("probface"))},
+              open(os.path.join(work, "bad.json"), "w"))
+""")
+
+
+def test_raw_signatures_reject_bad_inputs_in_the_graph(exported, tmp_path):
+    """As TF Serving calls them: no probface_tf, no Python-side checks; the graph's own asserts must speak."""
+    _, _, path = exported
+    encoded = sample_images()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(encoded[name])
+    proc = subprocess.run([sys.executable, "-c", BAD_INPUTS, str(tmp_path), path], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # in particular no SIGABRT on the rank-3 input
+    result = json.loads((tmp_path / "bad.json").read_text())
+    assert result["leaked"] == [] and result["ok"] == [2, 16]
+    report = result["report"]
+    sd = "serving_default: input must be float32 [N, 32, 32, 3] (preprocessed faces), got shape "
+    expected = {
+        "width": sd + "[1 32 31 3]", "size": sd + "[1 48 48 3]", "channels": sd + "[2 32 32 1]",
+        "rank3": sd + "[32 32 3]", "rank5": sd + "[1 1 32 32 3]",
+        "bytes_rank2": "from_image_bytes: image_bytes must be string [N] (one encoded image per element), "
+                       "got shape [1 1]",
+        "truncated": f"from_image_bytes: 2 element(s) of image_bytes could not be decoded (truncated or corrupt "
+                     f"image data); the first is element 2 ({len(encoded['b.jpg']) // 2} bytes)",
+        "mu1_width": "compare: mu1 must be float32 [N, 16] (L2-normalised embeddings), got shape [2 15]",
+        "sigma_sq2_width": "compare: sigma_sq2 must be float32 [N, 1] (sigma_sq of this model), "
+                           "got shape [2 16]",
+        "mu2_rank1": "compare: mu2 must be float32 [N, 16] (L2-normalised embeddings), got shape [16]",
+        "all_mu2_width": "compare_all: mu2 must be float32 [N2, 16] (L2-normalised embeddings), "
+                         "got shape [3 17]",
+        "all_sigma_sq1_rank3": "compare_all: sigma_sq1 must be float32 [N1, 1] (sigma_sq of this model), "
+                               "got shape [2 1 1]",
+        "rows": "compare is element-wise: both sets need the same number of rows (use compare_all for all pairs)",
+        "all_rows": "compare_all: mu1 and sigma_sq1 must have the same number of rows",
+    }
+    for case, text in expected.items():
+        kind, message = report[case]
+        assert kind == "InvalidArgumentError" and text in message, (case, kind, message)
+    # The dtype is fixed by the signature; TensorFlow itself refuses a wrong one before the graph runs.
+    kind, message = report["dtype"]
+    assert kind == "InvalidArgumentError" and "expected to be a float tensor but is a int32 tensor" in message
+
+
 def saved_model_cli():
     exe = shutil.which("saved_model_cli")
     return [exe] if exe else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
@@ -207,6 +289,15 @@ def test_saved_model_cli_run(exported, tmp_path):
     direct = keras_outputs(model, images)
     for key in ("mu", "sigma_sq", "embeddings_with_sigma"):
         np.testing.assert_allclose(np.load(tmp_path / "out" / f"{key}.npy"), direct[key], atol=1e-5, rtol=0)
+
+    # A wrong shape is refused by the TF1 session saved_model_cli feeds, before the graph runs.
+    np.save(tmp_path / "bad.npy", images[:, :, :31])
+    proc = subprocess.run([*saved_model_cli(), "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+                           "serving_default", "--inputs", f"input={tmp_path / 'bad.npy'}", "--outdir",
+                           str(tmp_path / "bad_out")], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Cannot feed value of shape (2, 32, 31, 3) for Tensor serving_default_input:0, which has shape " \
+           "(None, 32, 32, 3)" in proc.stderr
 
 
 def test_metadata_describes_the_preprocessing(exported):

@@ -140,3 +140,20 @@ def test_folded_inference_model_matches_unfolded():
     assert not any("BatchNorm" in l.name for l in backbone_of(fold_batch_norm(model)).layers)
     bf16 = predict(fold_batch_norm(model, compute_dtype="bfloat16"), x)
     assert bf16["mu"].dtype == np.float32 and np.abs(bf16["mu"] - ref["mu"]).max() < 0.05
+
+
+def test_folded_inference_model_keeps_a_stage_output_head():
+    # Export folds BN; a head on Conv3 (not conv_final) must stay on Conv3 in the folded copy.
+    from probface_tf.models.inference import fold_batch_norm
+
+    rng = np.random.default_rng(8)
+    model = build_probface(**TINY, embedding_network="resface64_relu_m", uncertainty_module_input="Conv3")
+    for w in model.weights:
+        noise = rng.uniform(0.5, 1.5, w.shape) if "moving_variance" in w.path else w.numpy() + rng.normal(0, .05, w.shape)
+        w.assign(noise.astype(np.float32))
+    folded = fold_batch_norm(model)
+    assert tuple(head_of(folded).input.shape[1:]) == (4, 4, 16)
+    x = rng.normal(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    ref, got = predict(model, x), predict(folded, x)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], atol=2e-6)
