@@ -16,13 +16,56 @@ def test_original_recipe_values():
         [0.01, 0.01, 0.001, 0.001]
 
 
-@pytest.mark.parametrize("name,network,out", [("resface64m_msarcface", "models/resface64_relu_m.py", 1),
-                                              ("resface64s2_msarcface", "models/resface64s2_relu_v3.py", 1),
-                                              ("resface64s2m_msarcface", "models/resface64s2_relu_m.py", 1),
-                                              ("resface64_mls_ddim", "models/resface64_relu.py", 256)])
-def test_variant_recipes(name, network, out):
+BASE_WEIGHTS = {"mls_loss": 1.0, "output_constraint_loss": 0.001, "discriminate_loss": 0.001}
+
+
+# ORIGINAL_SPEC section 1 ("Other configs"): name, backbone, weight_decay, loss_weights of each variant. The s2
+# recipes had no output_constraint_loss weight (a KeyError in the original network.py); ours fill it with 0.
+@pytest.mark.parametrize("name,run_name,network,out,weight_decay,weights", [
+    ("resface64m_msarcface", "resface64-ms", "models/resface64_relu_m.py", 1, 5e-4, BASE_WEIGHTS),
+    ("resface64s2_msarcface", "resface64s2", "models/resface64s2_relu_v3.py", 1, 1e-5,
+     {"mls_loss": 1.0, "output_constraint_loss": 0.0, "discriminate_loss": 0.0}),
+    ("resface64s2m_msarcface", "resface64s2", "models/resface64s2_relu_m.py", 1, 1e-5,
+     {"mls_loss": 1.0, "output_constraint_loss": 0.0, "discriminate_loss": 1e-4}),
+    ("resface64_mls_ddim", "resface64-ddim", "models/resface64_relu.py", 256, 5e-4, BASE_WEIGHTS)])
+def test_variant_recipes(name, run_name, network, out, weight_decay, weights):
     cfg = load_config(f"configs/{name}.py")
     assert cfg.embedding_network == network and cfg.uncertainty_module_output_size == out
+    assert cfg.name == run_name and cfg.weight_decay == weight_decay and cfg.loss_weights == weights
+    if name.startswith("resface64s2"):  # the s2 recipes have no output constraint term
+        assert cfg.output_constraint_type == ""
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss_weights={'mls_loss': '1', 'output_constraint_loss': 0.0, 'discriminate_loss': 0.0}",
+     "key 'loss_weights' entry 'mls_loss' must be a non-negative number, got str '1'"),
+    ("loss_weights={'mls_loss': 1.0, 'output_constraint_loss': True, 'discriminate_loss': 0.0}",
+     "key 'loss_weights' entry 'output_constraint_loss' must be a non-negative number, got bool True"),
+    ("loss_weights={'mls_loss': 1.0, 'output_constraint_loss': 0.0, 'discriminate_loss': -1e-3}",
+     "key 'loss_weights' entry 'discriminate_loss' must be a non-negative number, got float -0.001"),
+    ("learning_rate_schedule={0: 0.1, '6000': 0.01}",
+     "key 'learning_rate_schedule' has a non-numeric step '6000' \\(str\\)"),
+    ("learning_rate_schedule={0: 0.1, 6000: '0.01'}",
+     "key 'learning_rate_schedule' entry 6000 must map to a non-negative number, got str '0.01'"),
+    ("learning_rate_schedule={0: None}",
+     "key 'learning_rate_schedule' entry 0 must map to a non-negative number, got NoneType None"),
+    ("batch_format={'size': 32.0, 'num_classes': 8}", "key 'batch_format' entry 'size' must be a positive int, "
+     "got float 32.0"),
+    ("batch_format={'size': 32, 'num_classes': '8'}", "key 'batch_format' entry 'num_classes' must be a positive "
+     "int, got str '8'"),
+    ("batch_format={'size': 0, 'num_classes': 8}", "key 'batch_format' entry 'size' must be a positive int, "
+     "got int 0"),
+])
+def test_nested_values_are_type_checked(override, message):
+    with pytest.raises(ConfigError, match=r"configs/tiny\.py: " + message):
+        load_config("configs/tiny.py", [override])
+
+
+def test_nested_values_accept_numbers():
+    cfg = load_config("configs/tiny.py", ["learning_rate_schedule={0: 1, 4.5e3: 0.001}",
+                                          "loss_weights={'mls_loss': 1, 'output_constraint_loss': 0, "
+                                          "'discriminate_loss': 1e-3}"])
+    assert learning_rate_at(4500, cfg.learning_rate_schedule) == 0.001 and cfg.loss_weights["mls_loss"] == 1
 
 
 def test_unknown_key_is_named(tmp_path):

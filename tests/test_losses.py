@@ -304,3 +304,56 @@ def test_mirrored_strategy_on_gathered_tensors(rng):
     assert len(totals) == 2
     for total in totals:
         assert total == pytest.approx(expected, rel=1e-5)
+
+
+def _mean_or_zero(values):
+    """The convention of probface_tf.losses where the original divides by zero (an empty mean): 0."""
+    return float(np.mean(values)) if len(values) else 0.0
+
+
+def reference_edge_total(labels, mu, log_s, weights, metric, regu):
+    """Total and unweighted terms by loops, with empty means taken as 0 (the original would give NaN)."""
+    from test_triplet import reference_triplet
+
+    s = np.exp(np.asarray(log_s, np.float64))
+    att, neg_mls = reference_pairs(mu, s)
+    n = len(labels)
+    pos = [(i, j) for i in range(n) for j in range(n) if i != j and labels[i] == labels[j]]
+    neg = [(i, j) for i in range(n) for j in range(n) if labels[i] != labels[j]]
+    terms = {"mls": _mean_or_zero([neg_mls[p] for p in pos]), "att_pos": _mean_or_zero([att[p] for p in pos]),
+             "att_neg": _mean_or_zero([att[p] for p in neg])}
+    if metric == "triplet_semihard":
+        terms["atte"] = reference_triplet(labels, att, 3.0)  # 0 without positives, row minimum without negatives
+    else:
+        terms["atte"] = terms["att_pos"] + _mean_or_zero([max(3.0 - att[p], 0.0) for p in neg])
+    total = (weights["mls_loss"] * terms["mls"] + reference_oc(s, "L2", weights["output_constraint_loss"])
+             + weights["discriminate_loss"] * terms["atte"] + regu)
+    return total, terms
+
+
+@pytest.mark.parametrize("metric", ["triplet_semihard", "contrastive"])
+@pytest.mark.parametrize("case", ["no_positive_pair", "no_negative_pair"])
+@pytest.mark.parametrize("width", [1, 8])
+def test_degenerate_batches_stay_finite(case, metric, width, rng):
+    n = 6
+    labels = np.arange(n) if case == "no_positive_pair" else np.zeros(n, np.int64)
+    mu = unit_rows(rng, n, 8).astype(np.float32)
+    log_s = tf.Variable(rng.normal(-1.0, 0.3, (n, width)).astype(np.float32))
+    weights = {"mls_loss": 1.0, "output_constraint_loss": 1e-3, "discriminate_loss": 0.5}
+    with tf.GradientTape() as tape:
+        total, watch = losses.probface_loss(labels, mu, log_s, weights, "L2", metric=metric, regularization=0.1)
+    grad = tape.gradient(total, log_s).numpy()
+    assert all(np.isfinite(float(v)) for v in watch.values()) and np.isfinite(float(total))
+    assert np.all(np.isfinite(grad))
+    ref_total, terms = reference_edge_total(labels, mu, log_s.numpy(), weights, metric, 0.1)
+    for key, value in terms.items():
+        assert float(watch[key]) == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert float(total) == pytest.approx(ref_total, rel=1e-5)
+    if case == "no_positive_pair":  # the pair terms vanish: only the output constraint, the negatives and regu
+        assert float(watch["mls"]) == 0.0 and float(watch["att_pos"]) == 0.0
+        assert float(watch["atte"]) == (0.0 if metric == "triplet_semihard" else pytest.approx(terms["atte"]))
+        assert float(watch["att_neg"]) > 0
+    else:
+        assert float(watch["att_neg"]) == 0.0 and float(watch["mls"]) != 0.0
+        if metric == "contrastive":  # no hinge term without negatives
+            assert float(watch["atte"]) == pytest.approx(float(watch["att_pos"]), rel=1e-6)

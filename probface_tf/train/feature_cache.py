@@ -31,15 +31,22 @@ def check_cacheable(cfg) -> None:
             f"{cfg.preprocess_train} and test {cfg.preprocess_test} (uncacheable ops: {extra or 'none'})")
 
 
+@tf.function(reduce_retracing=True)
+def _flip_draws(image_seeds, flip_op_index):
+    # One compiled call per batch: the per-image seeds differ, so each draw is its own stateless op, but they run
+    # inside one graph instead of 3 eager ops per image (which cost as much as the head step itself).
+    op_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, flip_op_index), image_seeds,
+                         fn_output_signature=tf.int32)
+    return tf.map_fn(lambda s: tf.random.stateless_uniform([1], seed=s)[0], op_seeds,
+                     fn_output_signature=tf.float32)
+
+
 def mirror_flags(seed: int, step: int, size: int, flip_op_index: int) -> np.ndarray:
     """Which images of batch ``step`` the image pipeline mirrors: the same stateless draws as
     ``probface_tf.data.sampler`` (image seed ``[seed, step * size + slot]`` folded with the op's position)."""
-    draws = []
-    for slot in range(size):
-        image_seed = tf.constant([seed, step * size + slot], tf.int64)
-        op_seed = tf.random.experimental.stateless_fold_in(image_seed, flip_op_index)
-        draws.append(tf.random.stateless_uniform([1], seed=op_seed)[0])
-    return np.asarray(tf.stack(draws)) >= 0.5
+    slots = step * size + np.arange(size, dtype=np.int64)
+    image_seeds = np.stack([np.full(size, seed, np.int64), slots], 1)
+    return _flip_draws(tf.constant(image_seeds), tf.constant(flip_op_index, tf.int32)).numpy() >= 0.5
 
 
 class FeatureCache:

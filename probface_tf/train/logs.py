@@ -17,17 +17,28 @@ def create_run_dir(cfg, config_path: str | None = None) -> str:
         run_dir = os.path.join(base, f"{stamp}-{suffix}")
         suffix += 1
     os.makedirs(run_dir)
-    if config_path:
-        shutil.copyfile(config_path, os.path.join(run_dir, "config.py"))
+    copy_config(run_dir, config_path)
     return run_dir
 
 
+def copy_config(run_dir: str, config_path: str | None) -> None:
+    if config_path:
+        shutil.copyfile(config_path, os.path.join(run_dir, "config.py"))
+
+
 def latest_run_dir(cfg) -> str | None:
+    """The newest run of ``cfg.name`` that holds a checkpoint (``checkpoints/checkpoint``), or None.
+
+    Runs are ordered by their timestamp names; one that stopped before its first checkpoint (a failed start)
+    has nothing to resume and is skipped.
+    """
     base = os.path.join(os.path.expanduser(cfg.log_base_dir), cfg.name)
     if not os.path.isdir(base):
         return None
-    runs = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
-    return os.path.join(base, runs[-1]) if runs else None
+    for name in sorted(os.listdir(base), reverse=True):
+        if os.path.isfile(os.path.join(base, name, "checkpoints", "checkpoint")):
+            return os.path.join(base, name)
+    return None
 
 
 def banner(cfg) -> str:

@@ -8,25 +8,37 @@ Resumable: a ``tf.train.CheckpointManager`` under ``<run>/checkpoints`` holds he
 order is a pure function of (seed, step), so resuming at step k replays exactly the batches an uninterrupted
 run would have seen. TensorFlow writes a checkpoint's files before it updates the ``checkpoint`` state file
 (atomically, by rename), so a crash mid-save leaves the previous checkpoint as the latest.
+
+Nothing non-finite is ever written. A state's loss is only known once the next step computes it, so saving is
+deferred: the checkpoint / ``model.keras`` / evaluation due after update g run inside step g+1, after its losses
+(computed on exactly state g: the forward pass is side-effect free, BN moving statistics are committed together
+with the update) are checked finite and state g's variables are checked finite, and before update g+1 is
+applied. The last state of a run is checked the same way on one more batch. So when the losses of step g are
+non-finite, training stops before state g (the one that produced them) or anything after it reaches the disk.
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from probface_tf.losses import probface_loss
 from probface_tf.models.probface import backbone_of, from_config, head_of
-from probface_tf.train.logs import TrainingLog, banner, create_run_dir, interactive, latest_run_dir
+from probface_tf.train.logs import TrainingLog, banner, copy_config, create_run_dir, interactive, \
+    latest_run_dir
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.schedule import learning_rate_at
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/Inf; the message names the step and the loss terms."""
+
+
+class TrainingInputError(ValueError):
+    """A config key names a file or folder that does not exist; the message names the key and the path."""
 
 
 def configure_runtime(cfg) -> None:
@@ -55,9 +67,10 @@ class HeadTrainer:
         self.optimizer = make_optimizer(cfg, learning_rate)
         self.optimizer.build(self.variables)
         self.metric = discriminative_metric(cfg)
+        self._stateful = list(self.head.non_trainable_variables)  # BN moving statistics
         self.feature_backbone  # fold now, eagerly: the backbone's weights must be restored before this point
         self._gradients = tf.function(self._compute, reduce_retracing=True)
-        self._apply = tf.function(self._apply_gradients, reduce_retracing=True)
+        self._apply = tf.function(self._commit, reduce_retracing=True)
 
     def features(self, images):
         end_points = self.feature_backbone(images, training=False)
@@ -76,8 +89,14 @@ class HeadTrainer:
         return self._feature_backbone
 
     def _compute(self, features, mu, labels):
+        """Losses and gradients at the current state, changing nothing: the head's training-mode forward runs in
+        a ``StatelessScope`` that collects its BN moving-statistics updates instead of assigning them, so the
+        state stays exactly the one the losses describe until :meth:`_commit` (and can be saved in between)."""
         with tf.GradientTape() as tape:
-            log_sigma_sq = self.head(features, training=True)
+            with keras.StatelessScope() as scope:
+                log_sigma_sq = self.head(features, training=True)
+            updates = [scope.get_current_value(v) for v in self._stateful]
+            # regu reads the weights outside the scope (inside, unmapped variables read as None).
             regu = tf.add_n(self.head.losses) if self.head.losses else tf.constant(0.0)
             if self.cfg.head_type in ("pcnet", "idq"):  # a baseline head: its output is p, not log sigma^2
                 from probface_tf.baselines.training import baseline_loss
@@ -88,25 +107,45 @@ class HeadTrainer:
                                              self.cfg.output_constraint_type, self.metric, self.cfg.triplet_margin,
                                              regu)
             scaled = self.optimizer.scale_loss(total)
-        return watch, tape.gradient(scaled, self.variables)
+        updates = [u if u is not None else v for u, v in zip(updates, self._stateful)]
+        return watch, tape.gradient(scaled, self.variables), updates
 
-    def _apply_gradients(self, grads):
+    def _commit(self, grads, updates):
+        """The state change of one step: BN moving statistics, then the optimizer update."""
+        for var, value in zip(self._stateful, updates):
+            var.assign(value)
         self.optimizer.apply_gradients(zip(grads, self.variables))
 
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 
-    def step(self, features, mu, labels, global_step: int) -> dict:
-        """One update; raises NonFiniteLossError (before touching the weights) on NaN/Inf."""
-        watch, grads = self._gradients(features, mu, labels)
+    def losses(self, features, mu, labels, global_step: int):
+        """Losses of the current state on a batch (the state is not changed); raises NonFiniteLossError."""
+        watch, grads, updates = self._gradients(features, mu, labels)
+        return self._checked(watch, global_step), grads, updates
+
+    def step(self, features, mu, labels, global_step: int, before_update=None) -> dict:
+        """One update. The losses are computed and checked on the current state first; on NaN/Inf this raises
+        NonFiniteLossError with the state untouched. ``before_update()`` runs once they are known finite and
+        before anything changes: the loop saves the current state there."""
+        values, grads, updates = self.losses(features, mu, labels, global_step)
+        if before_update is not None:
+            before_update()
+        self._apply(grads, updates)
+        return values
+
+    def _checked(self, watch, global_step: int) -> dict:
         values = {k: float(v) for k, v in watch.items()}
         bad = sorted(k for k, v in values.items() if not math.isfinite(v))
         if bad:
             raise NonFiniteLossError(f"non-finite loss at global step {global_step}: "
-                                     + ", ".join(f"{k}={values[k]}" for k in bad)
-                                     + "; training stopped, no checkpoint written for this state")
-        self._apply(grads)
+                                     + ", ".join(f"{k}={values[k]}" for k in bad))
         return values
+
+    def non_finite_variables(self) -> list[str]:
+        """Paths of head and optimizer variables holding NaN/Inf (empty when the state is finite)."""
+        return [v.path for v in list(self.head.weights) + list(self.optimizer.variables)
+                if keras.backend.is_float_dtype(v.dtype) and not bool(tf.reduce_all(tf.math.is_finite(v)))]
 
     def image_step(self, images, labels, global_step: int) -> dict:
         features, mu = self.batch_features(images)
@@ -150,23 +189,57 @@ def build_model(cfg) -> keras.Model:
 
 
 def _batches(cfg, trainer: HeadTrainer, start_step: int):
-    """Yields (features, mu, labels) per step, from images or from the feature cache."""
+    """Iterator of (features, mu, labels) per step, from images or from the feature cache. The data is opened
+    (and the cache built) here, eagerly, so a data error surfaces before the run directory is created."""
     from probface_tf.data import sampler
     from probface_tf.data.dataset import dataset_from_config
-    from probface_tf.data.ensure import ensure_synthetic
 
-    ensure_synthetic(cfg)
     data = dataset_from_config(cfg)
     if cfg.feature_cache:
         from probface_tf.train.feature_cache import FeatureCache
 
-        cache = FeatureCache.build(data, cfg, trainer.features)
-        yield from cache.batches(start_step)
-        return
-    dataset = sampler.make_train_dataset(data, cfg, start_step=start_step)
+        return FeatureCache.build(data, cfg, trainer._features_fn).batches(start_step)  # the compiled forward
+    return _image_batches(trainer, sampler.make_train_dataset(data, cfg, start_step=start_step))
+
+
+def _image_batches(trainer: HeadTrainer, dataset):
     for images, labels in dataset:
         features, mu = trainer.batch_features(images)
         yield features, mu, labels
+
+
+def check_inputs(cfg) -> list[str]:
+    """Check the paths the recipe names before anything is built or written; returns warnings.
+
+    Missing ``train_dataset_path`` / ``restore_model`` / ``test_bin_paths`` entries are one error naming every
+    such key. A ``test_targets`` file missing from ``test_data_dir_mx`` is a warning: the original evaluates only
+    the targets it finds, and a missing evaluation file should not refuse hours of training.
+    """
+    from probface_tf.data.ensure import ensure_synthetic
+
+    ensure_synthetic(cfg)  # a synthetic recipe renders its data (train folder, .bin) on first use
+    problems, warnings = [], []
+    if not cfg.train_dataset_path:
+        problems.append("config key 'train_dataset_path' is not set")
+    elif not os.path.exists(os.path.expanduser(cfg.train_dataset_path)):
+        problems.append(f"config key 'train_dataset_path': not found: {cfg.train_dataset_path}")
+    if cfg.restore_model:
+        path = os.path.expanduser(cfg.restore_model)
+        if not (os.path.exists(path) or os.path.isfile(path + ".index")):  # a file, a run dir or a ckpt prefix
+            problems.append(f"config key 'restore_model': no such file, run directory or checkpoint prefix: "
+                            f"{cfg.restore_model}")
+    for path in cfg.test_bin_paths or ():
+        if not os.path.isfile(os.path.expanduser(path)):
+            problems.append(f"config key 'test_bin_paths': file not found: {path}")
+    if cfg.test_data_dir_mx:
+        for name in cfg.test_targets:
+            path = os.path.join(os.path.expanduser(cfg.test_data_dir_mx), name + ".bin")
+            if not os.path.isfile(path):
+                warnings.append(f"warning: config key 'test_data_dir_mx': {path} not found; '{name}' (from "
+                                f"'test_targets') will not be evaluated after each epoch")
+    if problems:
+        raise TrainingInputError("; ".join(problems))
+    return warnings
 
 
 class Checkpoints:
@@ -175,6 +248,7 @@ class Checkpoints:
     def __init__(self, run_dir: str, trainer: HeadTrainer, keep: int):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.ckpt = tf.train.Checkpoint(head=trainer.head, optimizer=trainer.optimizer, step=self.step)
+        # CheckpointManager only reads the folder here; it is created by the first save.
         self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=keep)
 
     def restore_latest(self) -> int:
@@ -202,57 +276,111 @@ def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
     return path
 
 
+def _resume_target(cfg, run_dir: str | None) -> tuple[str | None, str]:
+    """The run ``--resume`` continues and a log note saying which; None = start a new run."""
+    if run_dir is not None:
+        return run_dir, f"resume: run {run_dir}"
+    found = latest_run_dir(cfg)
+    if found is None:
+        base = os.path.join(os.path.expanduser(cfg.log_base_dir), cfg.name)
+        return None, f"resume: no run under {base} has a checkpoint; starting a new run"
+    return found, f"resume: newest run with a checkpoint is {found}"
+
+
 def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: str | None = None,
           max_steps: int | None = None, evaluate_each_epoch: bool = True) -> dict:
-    """Train the head as the config says. Returns {'run_dir', 'global_step', 'last_watch'}."""
+    """Train the head as the config says. Returns {'run_dir', 'global_step', 'last_watch', 'model'}.
+
+    Everything that can fail on the user's input (paths, restore, data, feature cache) runs before the run
+    directory is created, so a failed start leaves nothing behind.
+    """
     if cfg.head_type == "mc_dropout":  # nothing to train: the head reuses the backbone's bottleneck
         from probface_tf.baselines.training import train_mc_dropout
 
         return train_mc_dropout(cfg, config_path, resume, run_dir, max_steps, evaluate_each_epoch)
+    notes = check_inputs(cfg)
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+    if resume:
+        run_dir, note = _resume_target(cfg, run_dir)
+        notes.append(note)
     configure_runtime(cfg)
     model = build_model(cfg)
-    if run_dir is None:
-        run_dir = (latest_run_dir(cfg) if resume else None) or create_run_dir(cfg, config_path)
-    os.makedirs(run_dir, exist_ok=True)
-    log = TrainingLog(run_dir)
     if cfg.restore_model:
         from probface_tf.train.restore import restore
 
-        log.text(restore(model, cfg.restore_model, cfg.restore_scopes, cfg.exclude_restore_scopes))
+        notes.append(restore(model, cfg.restore_model, cfg.restore_scopes, cfg.exclude_restore_scopes))
     trainer = HeadTrainer(model, cfg, learning_rate_at(0, cfg.learning_rate_schedule))
-    checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
-    global_step = checkpoints.restore_latest() if resume else 0
-    if resume:
-        log.text(f"resumed from {checkpoints.manager.latest_checkpoint or 'scratch'} at step {global_step}")
+    global_step, checkpoints = 0, None
+    if resume and run_dir is not None:
+        checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
+        global_step = checkpoints.restore_latest()
+        latest = checkpoints.manager.latest_checkpoint
+        notes.append(f"resumed from checkpoint {latest} at step {global_step}" if latest
+                     else f"no checkpoint in {run_dir}: starting at step 0")
+    batches = _batches(cfg, trainer, global_step)
+    if run_dir is None:
+        run_dir = create_run_dir(cfg, config_path)
+    elif not os.path.isdir(run_dir):
+        os.makedirs(run_dir)
+        copy_config(run_dir, config_path)
+    if checkpoints is None:
+        checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
+    log = TrainingLog(run_dir)
+    for note in notes:
+        log.text(note, echo=not note.startswith("warning:"))  # warnings went to stderr already
     log.text(banner(cfg))
     total = cfg.num_epochs * cfg.epoch_size
     stop = min(total, max_steps) if max_steps is not None else total
+
+    # Saves of the current state wait here until its losses are known finite (see the module docstring).
+    pending: list = []
+
+    def save_pending():
+        if not pending:
+            return
+        bad = trainer.non_finite_variables()
+        if bad:
+            raise NonFiniteLossError(f"non-finite variables at global step {global_step}: {', '.join(bad[:5])}")
+        for job in pending:
+            job()
+        pending.clear()
+
     if global_step == 0:
-        save_model(model, run_dir, cfg, 0)
+        pending.append(lambda: save_model(model, run_dir, cfg, 0))
     bar = _progress(global_step, stop)
     watch: dict = {}
-    batches = _batches(cfg, trainer, global_step)
-    while global_step < stop:
-        epoch, step = divmod(global_step, cfg.epoch_size)
-        lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
-        trainer.set_learning_rate(lr)
-        features, mu, labels = next(batches)
-        watch = trainer.step(features, mu, labels, global_step)
-        watch["lr"] = lr
-        global_step += 1
-        if step % cfg.summary_interval == 0:
-            log.step(epoch, step, global_step, watch)
-        if global_step % cfg.checkpoint_interval == 0 or global_step % cfg.epoch_size == 0 or global_step == stop:
-            checkpoints.save(global_step)
-        if global_step % cfg.epoch_size == 0:
-            save_model(model, run_dir, cfg, global_step)
-            if evaluate_each_epoch:
-                _evaluate_epoch(model, cfg, run_dir, log, global_step)
+    try:
+        while global_step < stop:
+            epoch, step = divmod(global_step, cfg.epoch_size)
+            lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
+            trainer.set_learning_rate(lr)
+            features, mu, labels = next(batches)
+            watch = trainer.step(features, mu, labels, global_step, before_update=save_pending)
+            watch["lr"] = lr
+            global_step += 1
+            if step % cfg.summary_interval == 0:
+                log.step(epoch, step, global_step, watch)
+            epoch_end = global_step % cfg.epoch_size == 0
+            if epoch_end:  # model and evaluation before the checkpoint: a crash between them redoes both
+                pending.append(lambda gs=global_step: save_model(model, run_dir, cfg, gs))
+                if evaluate_each_epoch:
+                    pending.append(lambda gs=global_step: _evaluate_epoch(model, cfg, run_dir, log, gs))
+            if global_step % cfg.checkpoint_interval == 0 or epoch_end or global_step == stop:
+                pending.append(lambda gs=global_step: checkpoints.save(gs))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(a=f"{watch['a']:.4f}", mls=f"{watch.get('mls', float('nan')):.4f}")
+        if pending:  # the last state: no next step checks it, so compute its losses on one more batch
+            trainer.losses(*next(batches), global_step)
+            save_pending()
+    except NonFiniteLossError as exc:
+        latest = checkpoints.manager.latest_checkpoint
+        raise NonFiniteLossError(f"{exc}; training stopped, this state was not saved; latest checkpoint: "
+                                 f"{latest or 'none'}") from None
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(a=f"{watch['a']:.4f}", mls=f"{watch.get('mls', float('nan')):.4f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": model}
 
 
