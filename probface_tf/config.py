@@ -187,7 +187,31 @@ def _type_names(types_: tuple) -> str:
     return " or ".join("None" if t is type(None) else t.__name__ for t in types_)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_entries(cfg: dict, source: str) -> None:
+    """Types inside the dict-valued keys: a string weight or step would otherwise fail deep inside TF."""
+    for name, value in cfg["loss_weights"].items():
+        if not _is_number(value) or value < 0:
+            raise ConfigError(f"{source}: key 'loss_weights' entry {name!r} must be a non-negative number, "
+                              f"got {type(value).__name__} {value!r}")
+    for step, lr in cfg["learning_rate_schedule"].items():
+        if not _is_number(step):
+            raise ConfigError(f"{source}: key 'learning_rate_schedule' has a non-numeric step {step!r} "
+                              f"({type(step).__name__}); steps are numbers")
+        if not _is_number(lr) or lr < 0:
+            raise ConfigError(f"{source}: key 'learning_rate_schedule' entry {step!r} must map to a non-negative "
+                              f"number, got {type(lr).__name__} {lr!r}")
+    for name, value in cfg["batch_format"].items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{source}: key 'batch_format' entry {name!r} must be a positive int, "
+                              f"got {type(value).__name__} {value!r}")
+
+
 def _validate_values(cfg: dict, source: str) -> None:
+    _check_entries(cfg, source)
     size = cfg["image_size"]
     if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 or s % 16 for s in size):
         raise ConfigError(f"{source}: key 'image_size' must be [height, width], positive multiples of 16, got {size!r}")
