@@ -6,9 +6,12 @@ The config's ``stage`` selects what runs: 'probface' trains the uncertainty head
 backbone (the original recipe), 'backbone' trains a ResFace backbone with a margin softmax, 'demo' runs the
 whole synthetic pipeline.
 """
+import os
 import sys
 
-from absl import app, flags, logging
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # an entry script: keep TensorFlow's start-up chatter off
+
+from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_multi_string("set", [], "override a config key: --set key=value (Python literal or bare string)")
 flags.DEFINE_string("name", None, "rename the run (the original --name)")

@@ -27,6 +27,9 @@ def stage_config(cfg, stage: str, overrides: dict | None, **fixed):
     return from_dict({**shared, **(overrides or {}), **fixed, "stage": stage}, source=f"demo {stage} stage")
 
 
+SEVERITY_BUCKETS = ((0.0, 0.1), (0.1, 0.4), (0.4, 0.7), (0.7, 1.0))
+
+
 def severity_correlation(sigma_sq: np.ndarray, severity: np.ndarray) -> float:
     """Spearman rank correlation between each image's sigma^2 (mean over dims) and its degradation severity."""
     from scipy.stats import spearmanr
@@ -34,8 +37,21 @@ def severity_correlation(sigma_sq: np.ndarray, severity: np.ndarray) -> float:
     return float(spearmanr(np.asarray(sigma_sq).reshape(len(severity), -1).mean(1), severity).statistic)
 
 
-def summarize(result: dict, sigma_sq, severity) -> dict:
-    """The demo's claims as numbers, from one evaluator result on the held-out .bin."""
+def accuracy_by_severity(cosine, issame, threshold: float, pair_severity) -> list[dict]:
+    """Cosine accuracy at the all-pairs threshold within each band of pair severity (the worse image's)."""
+    rows = []
+    for lo, hi in SEVERITY_BUCKETS:
+        inside = (pair_severity >= lo) & ((pair_severity < hi) if hi < 1.0 else (pair_severity <= hi))
+        correct = (cosine[inside] >= threshold) == issame[inside]
+        rows.append({"pair_severity": [lo, hi], "pairs": int(inside.sum()),
+                     "cosine_accuracy": float(correct.mean()) if inside.any() else None})
+    return rows
+
+
+def summarize(result: dict, scores: dict, severity) -> dict:
+    """The demo's claims as numbers, from one evaluator result and its per-pair scores on the held-out .bin."""
+    severity = np.asarray(severity, np.float64)
+    sigma_sq = np.stack([scores["sigma_sq_1"], scores["sigma_sq_2"]], 1).reshape(len(severity), -1)
     risk = {row["risk_factor"]: row["cosine"]["accuracy"] for row in result["risk"]}
     verification = result["verification"]
     return {
@@ -45,6 +61,9 @@ def summarize(result: dict, sigma_sq, severity) -> dict:
         "fastmls_accuracy": verification[result["sigma"]]["accuracy"],
         "accuracy_by_rejected_fraction": {str(k): v for k, v in sorted(risk.items())},
         "accuracy_gain_rejecting_20pct": risk[0.2] - risk[0.0],
+        "accuracy_by_pair_severity": accuracy_by_severity(
+            scores["cosine"], scores["issame"].astype(bool), verification["cosine"]["threshold"],
+            np.maximum(severity[0::2], severity[1::2])),
     }
 
 
@@ -64,18 +83,20 @@ def plot_sigma_vs_severity(sigma_sq, severity, path: str) -> str:
 
 
 def evaluate_demo(export_base: str, bin_path: str, severity_path: str, out_dir: str, cfg) -> dict:
-    """Evaluate the exported SavedModel on the held-out .bin exactly as ``evaluate.py`` would."""
-    from probface_tf.data.binfile import read_bin
+    """Evaluate the exported SavedModel on the held-out .bin exactly as ``evaluate.py --save-scores`` would."""
     from probface_tf.eval.model_loader import load_model
-    from probface_tf.eval.runner import evaluate_bins, extract_features
+    from probface_tf.eval.runner import evaluate_bins
 
     model = load_model(export_base, config=cfg)
-    results = evaluate_bins(model, [bin_path], out_dir=out_dir, batch_size=cfg.eval_batch_size)
-    _, sigma_sq = extract_features(model, read_bin(bin_path), cfg.eval_batch_size)
+    result = evaluate_bins(model, [bin_path], out_dir=out_dir, batch_size=cfg.eval_batch_size, save_scores=True)[0]
+    with np.load(os.path.join(out_dir, result["name"], "scores.npz")) as npz:
+        scores = dict(npz)
     severity = np.load(severity_path)
-    summary = summarize(results[0], sigma_sq, severity)
+    summary = summarize(result, scores, severity)
+    sigma_sq = np.stack([scores["sigma_sq_1"], scores["sigma_sq_2"]], 1).reshape(len(severity), -1)
     summary["figures"] = {"sigma_vs_severity": plot_sigma_vs_severity(
-        sigma_sq, severity, os.path.join(out_dir, "sigma_vs_severity.png"))}
+        sigma_sq, severity, os.path.join(out_dir, "sigma_vs_severity.png")),
+        "reject_verification": os.path.join(out_dir, "%s_reject_verification.png" % result["name"])}
     return summary
 
 
@@ -108,8 +129,12 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
 
 def _summary_text(s: dict) -> str:
     rejected = "  ".join(f"{float(k):.0%}: {v:.4f}" for k, v in s["accuracy_by_rejected_fraction"].items())
+    bands = "  ".join("%.1f-%.1f: %s (%d pairs)" % (*b["pair_severity"], "-" if b["cosine_accuracy"] is None
+                                                    else "%.4f" % b["cosine_accuracy"], b["pairs"])
+                      for b in s["accuracy_by_pair_severity"])
     return ("\n=== demo results (held-out identities, %d pairs) ===\n" % s["pairs"]
             + "Spearman(sigma^2, degradation severity): %.3f\n" % s["spearman_sigma_sq_vs_severity"]
             + "verification accuracy, cosine: %.4f   FastMLS: %.4f\n" % (s["cosine_accuracy"], s["fastmls_accuracy"])
             + "cosine accuracy after rejecting the riskiest pairs: " + rejected + "\n"
+            + "cosine accuracy by pair severity: " + bands + "\n"
             + "total time: %.1f min" % s["minutes"])
