@@ -44,13 +44,13 @@ backbone_config = {
 head_config = {
     'batch_size': 64,
     'batch_format': {'size': 64, 'num_classes': 16},
-    'epoch_size': 200,
+    'epoch_size': 500,
     'num_epochs': 3,
     'lr': 1e-2,
-    'learning_rate_schedule': {0: 1e-2, 400: 1e-3},
+    'learning_rate_schedule': {0: 1e-2, 1000: 1e-3},
     'weight_decay': 5e-4,
     'loss_weights': {'mls_loss': 1.0, 'output_constraint_loss': 0.001, 'discriminate_loss': 0.001},
     'output_constraint_type': 'L2',
     'feature_cache': True,
-    'checkpoint_interval': 200,
+    'checkpoint_interval': 500,
 }
