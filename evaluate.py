@@ -42,6 +42,10 @@ flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
 flags.DEFINE_string("out", None, "output folder (default log/eval/<model>-<timestamp>)")
 flags.DEFINE_boolean("save_scores", False, "also write per-pair scores (.npz) into --out (alias --save-scores)")
 flags.DEFINE_boolean("plots", True, "write the PNG figures")
+flags.DEFINE_enum("distribute_strategy", "default", ["default", "mirrored", "multi_worker_mirrored"],
+                  "tf.distribute strategy of the feature extraction (see docs/distributed.md)")
+flags.DEFINE_integer("distribute_cpu_devices", 0, "with --distribute_strategy mirrored and no GPU: split the CPU "
+                     "into this many logical devices")
 FLAGS = flags.FLAGS
 
 
@@ -75,11 +79,17 @@ def _check_flags() -> list[str]:
 
 def _load_models(labels: list[str]) -> list:
     from probface_tf.eval.model_loader import load_model
+    from probface_tf.train.distribute import make_strategy
 
+    # Feature extraction under a tf.distribute strategy: models are loaded in its scope (mirrored variables) and
+    # each batch is split over the replicas, the features coming back in order.
+    strategy = make_strategy(FLAGS.distribute_strategy, FLAGS.distribute_cpu_devices)
     configs = FLAGS.config * len(FLAGS.model) if len(FLAGS.config) == 1 else FLAGS.config or [None] * len(labels)
     models = []
     for path, config, label in zip(FLAGS.model, configs, labels):
-        model = load_model(path, config or None)
+        with strategy.scope():
+            model = load_model(path, config or None)
+        model.distribute(strategy)
         if FLAGS.method or len(labels) > 1:  # a lone model keeps its own name unless --method says otherwise
             model.label = label
         models.append(model)

@@ -87,8 +87,13 @@ SCHEMA: dict[str, Key] = {
     "test_bin_paths": Key(_OPT_LIST, None, "explicit .bin paths evaluated each epoch (in addition to targets)"),
     "eval_batch_size": Key((int,), 128, "feature extraction batch size"),
     "mixed_precision": Key((str,), "float32", "Keras dtype policy", ("float32", "mixed_float16", "mixed_bfloat16")),
-    "distribute_strategy": Key((str,), "default", "'default', 'mirrored' or 'multi_worker_mirrored'",
+    "distribute_strategy": Key((str,), "default", "'default' (one device), 'mirrored' (all local GPUs) or "
+                               "'multi_worker_mirrored' (the cluster in TF_CONFIG); see docs/distributed.md",
                                ("default", "mirrored", "multi_worker_mirrored")),
+    "distribute_cpu_devices": Key((int,), 0, "'mirrored' without GPUs: split the CPU into this many logical "
+                                  "devices and mirror over them (0 = one device)"),
+    "sync_batch_norm": Key((bool,), True, "stage 1 under a multi-replica strategy: batch-norm statistics of the "
+                           "global batch (synchronised across replicas) instead of each replica's slice"),
     "fold_frozen_backbone": Key((bool,), True, "run the frozen backbone with BN folded into its convs (same "
                                 "numbers to float32 round-off, fewer ops)"),
     "jit_compile": Key((bool,), False, "compile the frozen backbone's forward pass with XLA (measured slower "

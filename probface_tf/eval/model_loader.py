@@ -59,6 +59,13 @@ class LoadedModel:
     def gaussian(self) -> bool:
         return self.uncertainty == "sigma_sq"
 
+    def distribute(self, strategy) -> None:
+        """Run every batch split over the strategy's replicas (load the model in ``strategy.scope()`` first)."""
+        if int(strategy.num_replicas_in_sync) > 1:
+            from probface_tf.train.distribute import distributed_function
+
+            self.fn = distributed_function(strategy, self.fn)
+
     @property
     def name(self) -> str:
         if self.label:

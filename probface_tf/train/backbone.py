@@ -33,6 +33,8 @@ import tensorflow as tf
 from probface_tf.models.heads import ScaleHead, build_margin_head, softmax_cross_entropy, uncertainty_from_scale, \
     uniform_loss
 from probface_tf.models.resface import backbone_spec, build_resface
+from probface_tf.train.distribute import distribute_batch, first_replica, gather, is_chief, replica_sum, run, \
+    strategy_from_config, worker_scratch_dir
 from probface_tf.train.logs import TrainingLog, banner, create_run_dir, interactive, latest_run_dir
 from probface_tf.train.loop import NonFiniteLossError, configure_runtime
 from probface_tf.train.optimizer import make_optimizer
@@ -59,21 +61,34 @@ def _kernels(layers) -> list:
 class BackboneTrainer:
     """Backbone + margin head (+ ScaleFace scale head), optimizer and the compiled training step."""
 
-    def __init__(self, cfg, num_classes: int, learning_rate: float):
+    def __init__(self, cfg, num_classes: int, learning_rate: float, strategy: tf.distribute.Strategy | None = None):
         self.cfg = cfg
-        self.backbone = build_backbone(cfg)
-        self.head = build_margin_head(cfg.margin_loss, num_classes, float(cfg.margin_s), float(cfg.margin_m))
-        self.head.build((None, cfg.embedding_size))
-        self.scale_head = self._build_scale_head() if cfg.margin_loss == "scaleface" else None
-        extra = [self.scale_head] if self.scale_head is not None else []
-        self.variables = (self.backbone.trainable_variables + self.head.trainable_variables
-                          + [v for layer in extra for v in layer.trainable_variables])
-        scale_layers = [self.scale_head.hidden, self.scale_head.out] if extra else []
-        self.decayed = _kernels(self.backbone.layers + [layer for layer in scale_layers if layer is not None])
-        self.optimizer = make_optimizer(cfg, learning_rate)
-        self.optimizer.build(self.variables)
-        self._gradients = tf.function(self._compute, reduce_retracing=True)
-        self._apply = tf.function(self._apply_gradients, reduce_retracing=True)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = int(self.strategy.num_replicas_in_sync)
+        with self.strategy.scope():
+            self.backbone = build_backbone(cfg)
+            self.head = build_margin_head(cfg.margin_loss, num_classes, float(cfg.margin_s), float(cfg.margin_m))
+            self.head.build((None, cfg.embedding_size))
+            self.scale_head = self._build_scale_head() if cfg.margin_loss == "scaleface" else None
+            extra = [self.scale_head] if self.scale_head is not None else []
+            self.variables = (self.backbone.trainable_variables + self.head.trainable_variables
+                              + [v for layer in extra for v in layer.trainable_variables])
+            scale_layers = [self.scale_head.hidden, self.scale_head.out] if extra else []
+            self.decayed = _kernels(self.backbone.layers + [layer for layer in scale_layers if layer is not None])
+            self.optimizer = make_optimizer(cfg, learning_rate)
+            self.optimizer.build(self.variables)
+        self._set_batch_norm_sync(self.replicas > 1 and cfg.sync_batch_norm)
+        self._gradients = tf.function(lambda x, y: run(self.strategy, self._compute, (x, y)), reduce_retracing=True)
+        self._apply = tf.function(lambda g: run(self.strategy, self._apply_gradients, (g,)), reduce_retracing=True)
+
+    def _set_batch_norm_sync(self, synchronized: bool) -> None:
+        """Batch statistics of the global batch across replicas (only ever on with several replicas: on one
+        device Keras' synchronised form would change the single-device numbers)."""
+        owners = [self.backbone] + ([self.scale_head] if self.scale_head is not None else [])
+        for owner in owners:
+            for layer in owner._flatten_layers():
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.synchronized = synchronized
 
     def _build_scale_head(self) -> ScaleHead:
         end_point = self.cfg.uncertainty_module_input
@@ -87,31 +102,41 @@ class BackboneTrainer:
         return head
 
     def losses(self, images, labels, training: bool = True):
-        """(total loss, watch dict) of one batch; BN statistics update when ``training``."""
+        """(loss, watch dict) of this replica's slice of the batch; BN statistics update when ``training``.
+
+        ``loss`` is this replica's share of the global-batch loss: the per-image terms are averaged over the global
+        batch (local mean / replicas) and the batch-level terms (UniformFace over the gathered labels, weight
+        decay) split evenly, so the optimizer's sum over replicas is the single-device gradient. The watch values
+        are of the whole global batch, the same on every replica."""
+        share = 1.0 / self.replicas
         end_points = self.backbone(images, training=training)
         mu = end_points["mu"]
         watch = {}
         if self.scale_head is not None:
             scale = self.scale_head(end_points[self.cfg.uncertainty_module_input], training=training)
             logits = self.head(mu, labels, scale)
-            watch.update(scale_mean=tf.reduce_mean(scale), scale_min=tf.reduce_min(scale),
-                         scale_max=tf.reduce_max(scale))
+            every_scale = gather(tf.stop_gradient(scale))
+            watch.update(scale_mean=tf.reduce_mean(every_scale), scale_min=tf.reduce_min(every_scale),
+                         scale_max=tf.reduce_max(every_scale))
         else:
             logits = self.head(mu, labels)
         softmax = softmax_cross_entropy(labels, logits)
-        total = softmax
+        loss = share * softmax
+        batch_terms = 0.0
         if self.cfg.uniform_loss_weight > 0:
-            uniform = uniform_loss(self.head.normalized_centers(), labels)
-            total += self.cfg.uniform_loss_weight * uniform
+            uniform = uniform_loss(self.head.normalized_centers(), gather(labels))
+            batch_terms += self.cfg.uniform_loss_weight * uniform
             watch["uniform"] = uniform
         if self.cfg.weight_decay > 0:
             regu = self.cfg.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(w, tf.float32)) for w in self.decayed])
-            total += regu
+            batch_terms += regu
             watch["regu"] = regu
+        loss += share * batch_terms
         nearest = tf.argmax(self.head.cosine(mu), axis=1, output_type=tf.int32)
         acc = tf.reduce_mean(tf.cast(tf.equal(nearest, tf.reshape(tf.cast(labels, tf.int32), [-1])), tf.float32))
-        watch.update(loss=total, softmax=softmax, acc=acc)
-        return total, watch
+        softmax, acc = (replica_sum(share * tf.stop_gradient(t)) for t in (softmax, acc))
+        watch.update(loss=softmax + tf.stop_gradient(batch_terms), softmax=softmax, acc=acc)
+        return loss, watch
 
     def _compute(self, images, labels):
         with tf.GradientTape() as tape:
@@ -127,8 +152,11 @@ class BackboneTrainer:
 
     def step(self, images, labels, global_step: int) -> dict:
         """One update; raises NonFiniteLossError (before the optimizer touches the weights) on NaN/Inf."""
-        watch, grads = self._gradients(images, labels)
-        values = {k: float(v) for k, v in watch.items()}
+        inputs = (images, labels)
+        if self.replicas > 1:
+            inputs = distribute_batch(self.strategy, inputs)
+        watch, grads = self._gradients(*inputs)
+        values = {k: float(v) for k, v in first_replica(self.strategy, watch).items()}
         bad = sorted(k for k, v in values.items() if not math.isfinite(v))
         if bad:
             raise NonFiniteLossError(f"non-finite loss at global step {global_step}: "
@@ -155,9 +183,12 @@ class Checkpoints:
         self.ckpt = tf.train.Checkpoint(**parts)
         self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=keep)
 
-    def restore_latest(self) -> int:
-        if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+    def restore_latest(self, run_dir: str | None = None) -> int:
+        """Restore the newest checkpoint of this run, or of ``run_dir`` (a cluster worker reads the chief's)."""
+        latest = (tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) if run_dir
+                  else self.manager.latest_checkpoint)
+        if latest:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
         return int(self.step.numpy())
 
     def save(self, global_step: int) -> str:
@@ -173,10 +204,16 @@ def _save_keras(model: keras.Model, path: str) -> str:
 
 
 def save_models(trainer: BackboneTrainer, run_dir: str) -> list[str]:
-    """``backbone.keras`` and, for ScaleFace, ``scale_head.keras``."""
-    paths = [_save_keras(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
-    if trainer.scale_head is not None:
-        paths.append(_save_keras(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
+    """``backbone.keras`` and, for ScaleFace, ``scale_head.keras``. Saved with batch norm unsynchronised: the
+    synchronisation belongs to this run's strategy, not to the model."""
+    synchronized = trainer.replicas > 1 and trainer.cfg.sync_batch_norm
+    trainer._set_batch_norm_sync(False)
+    try:
+        paths = [_save_keras(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
+        if trainer.scale_head is not None:
+            paths.append(_save_keras(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
+    finally:
+        trainer._set_batch_norm_sync(synchronized)
     return paths
 
 
@@ -217,20 +254,29 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     from probface_tf.data.sampler import DecodeStats, iterate_batches
     from probface_tf.data.shuffled import make_shuffled_dataset
 
+    strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
     configure_runtime(cfg)
     data = _open_data(cfg)
     num_classes = _num_classes(cfg, data)
+    chief = is_chief(strategy)
     if run_dir is None:
-        run_dir = (latest_run_dir(cfg) if resume else None) or create_run_dir(cfg, config_path)
+        run_dir = (latest_run_dir(cfg) if resume else None) or (create_run_dir(cfg, config_path) if chief else None)
+    restore_dir = run_dir
+    if not chief:  # other workers of a cluster read the shared run (resume) but write to a private folder
+        run_dir = worker_scratch_dir(strategy)
     os.makedirs(run_dir, exist_ok=True)
     log = TrainingLog(run_dir)
-    trainer = BackboneTrainer(cfg, num_classes, learning_rate_at(0, cfg.learning_rate_schedule))
+    trainer = BackboneTrainer(cfg, num_classes, learning_rate_at(0, cfg.learning_rate_schedule), strategy)
+    if trainer.replicas > 1:
+        log.text(f"distribute_strategy {cfg.distribute_strategy!r}: {trainer.replicas} replicas, batch norm "
+                 f"{'synchronised' if cfg.sync_batch_norm else 'per replica'}")
     if cfg.restore_model:
         log.text(_restore_initial_weights(trainer, cfg))
     checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
-    global_step = checkpoints.restore_latest() if resume else 0
+    global_step = checkpoints.restore_latest(restore_dir) if resume and restore_dir else 0
     if resume:
-        log.text(f"resumed from {checkpoints.manager.latest_checkpoint or 'scratch'} at step {global_step}")
+        latest = tf.train.latest_checkpoint(os.path.join(restore_dir, "checkpoints")) if restore_dir else None
+        log.text(f"resumed from {latest or 'scratch'} at step {global_step}")
     log.text(banner(cfg))
     log.text(f"backbone: {len(data)} images of {data.num_classes} identities, {cfg.margin_loss} head over "
              f"{num_classes} classes")
@@ -256,7 +302,8 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         if global_step % cfg.epoch_size == 0:
             save_models(trainer, run_dir)
             saved_at = global_step
-            _end_epoch(trainer, cfg, log, stats, global_step)
+            _end_epoch(trainer, cfg if chief else cfg.replace(test_bin_paths=None, test_data_dir_mx=None), log,
+                       stats, global_step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{watch['loss']:.4f}", acc=f"{watch['acc']:.3f}")
@@ -264,6 +311,10 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         bar.close()
     if saved_at != global_step:  # stopped mid-epoch (max_steps) or nothing left to train on resume
         save_models(trainer, run_dir)
+    if not chief:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": trainer.backbone}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 
 import keras
@@ -29,6 +30,8 @@ from probface_tf.losses import probface_loss
 from probface_tf.models.probface import backbone_of, from_config, head_of
 from probface_tf.train.logs import TrainingLog, banner, copy_config, create_run_dir, interactive, \
     latest_run_dir
+from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, is_chief, \
+    run, strategy_from_config, worker_scratch_dir
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.schedule import learning_rate_at
 
@@ -60,17 +63,25 @@ class HeadTrainer:
     Build it after the backbone weights are restored: the frozen backbone is copied (BN-folded) here.
     """
 
-    def __init__(self, model: keras.Model, cfg, learning_rate: float):
+    def __init__(self, model: keras.Model, cfg, learning_rate: float, strategy: tf.distribute.Strategy | None = None):
         self.model, self.cfg = model, cfg
+        # Under a multi-replica strategy the model must have been built in ``strategy.scope()``.
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = int(self.strategy.num_replicas_in_sync)
         self.backbone, self.head = backbone_of(model), head_of(model)
         self.variables = self.head.trainable_variables
-        self.optimizer = make_optimizer(cfg, learning_rate)
-        self.optimizer.build(self.variables)
         self.metric = discriminative_metric(cfg)
         self._stateful = list(self.head.non_trainable_variables)  # BN moving statistics
-        self.feature_backbone  # fold now, eagerly: the backbone's weights must be restored before this point
-        self._gradients = tf.function(self._compute, reduce_retracing=True)
-        self._apply = tf.function(self._commit, reduce_retracing=True)
+        with self.strategy.scope():
+            self.optimizer = make_optimizer(cfg, learning_rate)
+            self.optimizer.build(self.variables)
+            self.feature_backbone  # fold now, eagerly: the backbone's weights must be restored before this point
+        self._gradients = {
+            False: tf.function(lambda f, m, y: run(self.strategy, self._replica_losses, (f, m, y)),
+                               reduce_retracing=True),
+            True: tf.function(lambda x, y: run(self.strategy, self._replica_image_losses, (x, y)),
+                              reduce_retracing=True)}
+        self._apply = tf.function(lambda g, u: run(self.strategy, self._commit, (g, u)), reduce_retracing=True)
 
     def features(self, images):
         end_points = self.feature_backbone(images, training=False)
@@ -110,6 +121,25 @@ class HeadTrainer:
         updates = [u if u is not None else v for u, v in zip(updates, self._stateful)]
         return watch, tape.gradient(scaled, self.variables), updates
 
+    def _replica_losses(self, features, mu, labels):
+        """One replica's part of a step on backbone features: the batch is gathered back whole (see
+        ``probface_tf.train.distribute``), so every replica computes the single-device losses; the optimizer sums
+        the replicas' gradients, hence the division."""
+        features, mu, labels = (gather(t) for t in (features, mu, labels))
+        return self._scaled(*self._compute(features, mu, labels))
+
+    def _replica_image_losses(self, images, labels):
+        """As :meth:`_replica_losses`, from this replica's images: only the backbone forward is split."""
+        halves = self.cfg.double_batch
+        features, mu = self._local_batch_features(images)
+        features, mu, labels = (gather(t, halves) for t in (features, mu, labels))
+        return self._scaled(*self._compute(features, mu, labels))
+
+    def _scaled(self, watch, grads, updates):
+        if self.replicas > 1:
+            grads = [g / self.replicas for g in grads]
+        return watch, grads, updates
+
     def _commit(self, grads, updates):
         """The state change of one step: BN moving statistics, then the optimizer update."""
         for var, value in zip(self._stateful, updates):
@@ -119,20 +149,34 @@ class HeadTrainer:
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.learning_rate = lr
 
-    def losses(self, features, mu, labels, global_step: int):
-        """Losses of the current state on a batch (the state is not changed); raises NonFiniteLossError."""
-        watch, grads, updates = self._gradients(features, mu, labels)
-        return self._checked(watch, global_step), grads, updates
+    def batch_losses(self, batch: dict, global_step: int):
+        """Losses of the current state on a batch (the state is not changed); raises NonFiniteLossError.
 
-    def step(self, features, mu, labels, global_step: int, before_update=None) -> dict:
+        ``batch``: ``{'images', 'labels'}`` (the backbone runs here, split over the replicas) or
+        ``{'features', 'mu', 'labels'}`` (backbone outputs, e.g. from the feature cache)."""
+        from_images = "images" in batch
+        inputs = (batch["images"], batch["labels"]) if from_images else (batch["features"], batch["mu"],
+                                                                          batch["labels"])
+        if self.replicas > 1:
+            inputs = distribute_batch(self.strategy, inputs, halves=from_images and self.cfg.double_batch)
+        watch, grads, updates = self._gradients[from_images](*inputs)
+        return self._checked(first_replica(self.strategy, watch), global_step), grads, updates
+
+    def losses(self, features, mu, labels, global_step: int):
+        return self.batch_losses({"features": features, "mu": mu, "labels": labels}, global_step)
+
+    def step_batch(self, batch: dict, global_step: int, before_update=None) -> dict:
         """One update. The losses are computed and checked on the current state first; on NaN/Inf this raises
         NonFiniteLossError with the state untouched. ``before_update()`` runs once they are known finite and
         before anything changes: the loop saves the current state there."""
-        values, grads, updates = self.losses(features, mu, labels, global_step)
+        values, grads, updates = self.batch_losses(batch, global_step)
         if before_update is not None:
             before_update()
         self._apply(grads, updates)
         return values
+
+    def step(self, features, mu, labels, global_step: int, before_update=None) -> dict:
+        return self.step_batch({"features": features, "mu": mu, "labels": labels}, global_step, before_update)
 
     def _checked(self, watch, global_step: int) -> dict:
         values = {k: float(v) for k, v in watch.items()}
@@ -147,24 +191,31 @@ class HeadTrainer:
         return [v.path for v in list(self.head.weights) + list(self.optimizer.variables)
                 if keras.backend.is_float_dtype(v.dtype) and not bool(tf.reduce_all(tf.math.is_finite(v)))]
 
-    def image_step(self, images, labels, global_step: int) -> dict:
-        features, mu = self.batch_features(images)
-        return self.step(features, mu, labels, global_step)
+    def image_step(self, images, labels, global_step: int, before_update=None) -> dict:
+        return self.step_batch({"images": images, "labels": labels}, global_step, before_update)
 
     def batch_features(self, images):
+        """Backbone features of a whole training batch on one device (see :meth:`_local_batch_features`)."""
+        if not hasattr(self, "_batch_features_compiled"):
+            self._batch_features_compiled = tf.function(self._local_batch_features, reduce_retracing=True)
+        return self._batch_features_compiled(images)
+
+    def _local_batch_features(self, images):
         """Backbone features of a training batch. In a doubled batch (augmented half, then the same images
         test-preprocessed) every augmented image that was not mirrored is identical to its twin: with
         ``reuse_twin_features`` only the twins and the mirrored images go through the backbone (~3/4 of the
         work), and the others take their twin's features."""
         if not (self.cfg.double_batch and self.cfg.reuse_twin_features):
-            return self._features_fn(images)
-        return self._twin_features_fn(images)
+            return self.features(images)
+        return self._twin_features(images)
 
-    @property
-    def _twin_features_fn(self):
-        if not hasattr(self, "_twin_compiled"):
-            self._twin_compiled = tf.function(self._twin_features, reduce_retracing=True)
-        return self._twin_compiled
+    def extract(self, images):
+        """Features of any number of images (the feature cache's build), split over the replicas."""
+        if self.replicas == 1:
+            return self._features_fn(images)
+        if not hasattr(self, "_distributed_features"):
+            self._distributed_features = distributed_function(self.strategy, self.features, jit=self.cfg.jit_compile)
+        return self._distributed_features(images)
 
     def _twin_features(self, images):
         half = tf.shape(images)[0] // 2
@@ -198,14 +249,9 @@ def _batches(cfg, trainer: HeadTrainer, start_step: int):
     if cfg.feature_cache:
         from probface_tf.train.feature_cache import FeatureCache
 
-        return FeatureCache.build(data, cfg, trainer._features_fn).batches(start_step)  # the compiled forward
-    return _image_batches(trainer, sampler.make_train_dataset(data, cfg, start_step=start_step))
-
-
-def _image_batches(trainer: HeadTrainer, dataset):
-    for images, labels in dataset:
-        features, mu = trainer.batch_features(images)
-        yield features, mu, labels
+        cache = FeatureCache.build(data, cfg, trainer.extract)  # the compiled forward, over every replica
+        return ({"features": f, "mu": m, "labels": y} for f, m, y in cache.batches(start_step))
+    return ({"images": x, "labels": y} for x, y in sampler.make_train_dataset(data, cfg, start_step=start_step))
 
 
 def check_inputs(cfg) -> list[str]:
@@ -298,6 +344,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         from probface_tf.baselines.training import train_mc_dropout
 
         return train_mc_dropout(cfg, config_path, resume, run_dir, max_steps, evaluate_each_epoch)
+    strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
     notes = check_inputs(cfg)
     for note in notes:
         print(note, file=sys.stderr, flush=True)
@@ -305,12 +352,13 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         run_dir, note = _resume_target(cfg, run_dir)
         notes.append(note)
     configure_runtime(cfg)
-    model = build_model(cfg)
+    with strategy.scope():
+        model = build_model(cfg)
     if cfg.restore_model:
         from probface_tf.train.restore import restore
 
         notes.append(restore(model, cfg.restore_model, cfg.restore_scopes, cfg.exclude_restore_scopes))
-    trainer = HeadTrainer(model, cfg, learning_rate_at(0, cfg.learning_rate_schedule))
+    trainer = HeadTrainer(model, cfg, learning_rate_at(0, cfg.learning_rate_schedule), strategy)
     global_step, checkpoints = 0, None
     if resume and run_dir is not None:
         checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
@@ -319,13 +367,19 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         notes.append(f"resumed from checkpoint {latest} at step {global_step}" if latest
                      else f"no checkpoint in {run_dir}: starting at step 0")
     batches = _batches(cfg, trainer, global_step)
-    if run_dir is None:
+    chief = is_chief(strategy)
+    if not chief:  # other workers of a cluster write nothing shared: their files go to a private folder
+        run_dir, checkpoints, evaluate_each_epoch = worker_scratch_dir(strategy), None, False
+        cfg = cfg.replace(export_saved_model=False)
+    elif run_dir is None:
         run_dir = create_run_dir(cfg, config_path)
     elif not os.path.isdir(run_dir):
         os.makedirs(run_dir)
         copy_config(run_dir, config_path)
     if checkpoints is None:
         checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
+    if trainer.replicas > 1:
+        notes.append(f"distribute_strategy {cfg.distribute_strategy!r}: {trainer.replicas} replicas")
     log = TrainingLog(run_dir)
     for note in notes:
         log.text(note, echo=not note.startswith("warning:"))  # warnings went to stderr already
@@ -355,8 +409,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
             epoch, step = divmod(global_step, cfg.epoch_size)
             lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
             trainer.set_learning_rate(lr)
-            features, mu, labels = next(batches)
-            watch = trainer.step(features, mu, labels, global_step, before_update=save_pending)
+            watch = trainer.step_batch(next(batches), global_step, before_update=save_pending)
             watch["lr"] = lr
             global_step += 1
             if step % cfg.summary_interval == 0:
@@ -372,7 +425,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
                 bar.update(1)
                 bar.set_postfix(a=f"{watch['a']:.4f}", mls=f"{watch.get('mls', float('nan')):.4f}")
         if pending:  # the last state: no next step checks it, so compute its losses on one more batch
-            trainer.losses(*next(batches), global_step)
+            trainer.batch_losses(next(batches), global_step)
             save_pending()
     except NonFiniteLossError as exc:
         latest = checkpoints.manager.latest_checkpoint
@@ -381,6 +434,8 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     finally:
         if bar is not None:
             bar.close()
+        if not chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": model}
 
 
