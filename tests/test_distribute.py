@@ -62,6 +62,14 @@ out["head_weights"] = [[a.numpy().tolist(), b.numpy().tolist()]
 f1, m1 = one.extract(images[:13])  # 13 images: not a multiple of the 2 replicas
 f2, m2 = two.extract(images[:13])
 out["extract"] = [f1.numpy().tolist(), f2.numpy().tolist(), m1.numpy().tolist(), m2.numpy().tolist()]
+
+# Mixed precision under the strategy: Keras' loss-scale optimizer, per replica.
+keras.config.set_dtype_policy("mixed_float16")
+cfg = cfg.replace(mixed_precision="mixed_float16")
+one, _ = trainer(tf.distribute.get_strategy())
+two, _ = trainer(mirrored)
+out["fp16_optimizer"] = type(two.optimizer).__name__
+out["fp16_losses"] = [[one.image_step(images, labels, s), two.image_step(images, labels, s)] for s in range(2)]
 print(json.dumps(out))
 """
 
@@ -111,6 +119,9 @@ def test_mirrored_head_training_and_extraction_equal_one_device():
     assert f1.shape[0] == f2.shape[0] == 13
     np.testing.assert_allclose(f2, f1, rtol=0, atol=1e-5)  # same features, same order
     np.testing.assert_allclose(m2, m1, rtol=0, atol=1e-6)
+    assert out["fp16_optimizer"] == "LossScaleOptimizer"
+    for one, two in out["fp16_losses"]:
+        _close(one, two, rtol=1e-5, atol=1e-6)
 
 
 def test_mirrored_backbone_training_equals_one_device():
