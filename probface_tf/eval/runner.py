@@ -161,7 +161,7 @@ def report_results(model, evaluated, out_dir: str | None = None, fusion: str = "
     from probface_tf.eval.plots import dataset_figures
 
     if not model.has_sigma:
-        echo("note: %s has no sigma_sq output (%s); evaluating with cosine only" % (model.path, model.sigma_note))
+        echo("note: %s: %s; evaluating with cosine only" % (model.path, model.sigma_note))
     results, figures = [], {}
     for result, arrays, sigma_sq in evaluated:
         results.append(result)
