@@ -208,6 +208,26 @@ def test_scaleface_run_becomes_an_uncertainty_model(rng, tmp_path):
     np.testing.assert_allclose(out["mu"].numpy(), ends["mu"].numpy(), atol=1e-6)
 
 
+def test_scaleface_scale_head_on_mu_and_underflowing_scales(rng, tmp_path):
+    """A scale head reading mu (as the ScaleFace demo recipe configures it) is found through the run's
+    config.py; a scale that underflows to 0 gives a large finite uncertainty, never inf."""
+    from probface_tf.baselines.scaleface import scaleface_model
+    from probface_tf.models.heads import SCALE_FLOOR, uncertainty_from_scale
+
+    backbone = build_resface("resface64_relu", TINY["image_size"], 8)
+    features = keras.Input(backbone.output["mu"].shape[1:])
+    scale_model = keras.Model(features, ScaleHead(hidden_units=4, activation="exp", batch_norm=False)(features))
+    backbone.save(tmp_path / "backbone.keras")
+    scale_model.save(tmp_path / "scale_head.keras")
+    (tmp_path / "config.py").write_text("stage = 'backbone'\nuncertainty_module_input = 'mu'\n")
+    images = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
+    out = scaleface_model(str(tmp_path))(images)
+    np.testing.assert_allclose(out["uncertainty"].numpy(), 1 / scale_model(backbone(images)["mu"]).numpy(),
+                               rtol=1e-5)
+    u = uncertainty_from_scale(np.array([[0.0], [2.0]], np.float32)).numpy()
+    assert np.all(np.isfinite(u)) and u[0, 0] == pytest.approx(1 / SCALE_FLOOR) and u[1, 0] == 0.5
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda: MCDropoutHead(8, rate=1.0), "rate must be in [0, 1)"),
     (lambda: MCDropoutHead(8, samples=1), "samples must be >= 2"),

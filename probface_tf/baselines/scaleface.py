@@ -31,14 +31,30 @@ class InverseScale(keras.layers.Layer):
         return uncertainty_from_scale(scale)
 
 
+def _configured_end_point(run_dir: str) -> str | None:
+    """``uncertainty_module_input`` of the run's recorded config.py (None when there is none)."""
+    path = os.path.join(run_dir, "config.py")
+    if not os.path.isfile(path):
+        return None
+    from probface_tf.config import load_config
+
+    return load_config(path).uncertainty_module_input
+
+
 def _feature_end_point(backbone: keras.Model, scale_head: keras.Model, source: str) -> str:
-    """The backbone end point whose shape matches the scale head's input (conv_final unless configured)."""
+    """The backbone end point feeding the scale head: the run's configured ``uncertainty_module_input`` when its
+    shape fits, else the one end point of the scale head's input shape (conv_final first, mu last)."""
     want = tuple(scale_head.inputs[0].shape[1:])
-    names = [n for n, t in backbone.output.items() if n != "mu" and tuple(t.shape[1:]) == want]
+    shapes = {n: tuple(t.shape[1:]) for n, t in backbone.output.items()}
+    configured = _configured_end_point(source)
+    if configured in shapes and shapes[configured] == want:
+        return configured
+    names = sorted((n for n, shape in shapes.items() if shape == want),
+                   key=lambda n: (n != "conv_final", n == "mu", n))
     if not names:
         raise BaselineHeadError(f"{source}: the scale head takes features of shape {want}, which no backbone "
-                                f"end point has ({ {n: tuple(t.shape[1:]) for n, t in backbone.output.items()} })")
-    return "conv_final" if "conv_final" in names else names[0]
+                                f"end point has ({shapes})")
+    return names[0]
 
 
 def scaleface_model(run_dir: str, name: str = "ScaleFace") -> keras.Model:

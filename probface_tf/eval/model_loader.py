@@ -208,6 +208,7 @@ def _load_keras(path: str, compute_dtype: str = "float32") -> LoadedModel:
     import keras
 
     import probface_tf.baselines.heads  # noqa: F401 - registers the baseline heads too
+    import probface_tf.baselines.scaleface  # noqa: F401 - and the ScaleFace layers (ScaleHead, InverseScale)
     import probface_tf.models.probface  # noqa: F401 - registers the package's layers for deserialisation
 
     try:

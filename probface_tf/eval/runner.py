@@ -49,7 +49,9 @@ def _check_features(mu, sigma_sq, issame, name, gaussian: bool = True) -> tuple[
         sigma_sq = np.asarray(sigma_sq).reshape(mu.shape[0], -1)
         if np.any(~np.isfinite(sigma_sq)) or np.any(sigma_sq <= 0 if gaussian else sigma_sq < 0):
             what = "sigma_sq must be finite and > 0" if gaussian else "the uncertainty must be finite and >= 0"
-            raise EvaluationError(f"{name}: {what}; got min {np.nanmin(sigma_sq)!r}")
+            bad = int(np.sum(~np.isfinite(sigma_sq)))
+            raise EvaluationError(f"{name}: {what}; got {bad} non-finite value(s) and min "
+                                  f"{np.nanmin(np.where(np.isinf(sigma_sq), np.nan, sigma_sq))!r}")
     return mu, sigma_sq, issame
 
 

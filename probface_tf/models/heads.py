@@ -76,9 +76,13 @@ def softmax_cross_entropy(labels, logits) -> tf.Tensor:
         labels=_labels_vector(labels), logits=tf.cast(logits, tf.float32)))
 
 
+SCALE_FLOOR = 1e-30  # a sigmoid of a logit below about -88 is 0 in float32: keep 1 / s(x) finite
+
+
 def uncertainty_from_scale(scale) -> tf.Tensor:
-    """ScaleFace's uncertainty, larger = riskier: ``1 / s(x)`` (so pair fusion by max works as for sigma^2)."""
-    return 1.0 / tf.cast(scale, tf.float32)
+    """ScaleFace's uncertainty, larger = riskier: ``1 / s(x)`` (so pair fusion by max works as for sigma^2).
+    The scale is floored at ``SCALE_FLOOR``: an image whose scale underflows is maximally uncertain, not inf."""
+    return 1.0 / tf.maximum(tf.cast(scale, tf.float32), SCALE_FLOOR)
 
 
 # ---------------------------------------------------------------------------------------------------------------
