@@ -286,11 +286,22 @@ def load_config(path: str, overrides: list[str] | tuple = ()) -> Config:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     values = _module_values(path)
+    applied = {}
     for text in overrides:
         key, value = parse_override(text)
         if key not in SCHEMA:
             raise ConfigError(f"--set {text!r}: unknown config key '{key}'")
         if isinstance(SCHEMA[key].default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        values[key] = value
-    return from_dict(values, source=path)
+        values[key] = applied[key] = value
+    cfg = from_dict(values, source=path)
+    cfg._overrides = applied  # written into the run's copy of the config (probface_tf.train.logs.copy_config)
+    return cfg
+
+
+def overrides_text(cfg) -> str:
+    """The ``--set`` overrides of a loaded config as Python assignments (empty when there are none)."""
+    applied = getattr(cfg, "_overrides", None) or {}
+    if not applied:
+        return ""
+    return "\n# --set overrides of this run\n" + "".join(f"{k} = {v!r}\n" for k, v in applied.items())

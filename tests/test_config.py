@@ -1,4 +1,6 @@
 """Config loading: original recipes read with their values; unknown keys and wrong types are named."""
+import os
+
 import pytest
 
 from probface_tf.config import ConfigError, load_config
@@ -105,3 +107,21 @@ def test_missing_and_broken_files(tmp_path):
 def test_image_size_must_be_multiple_of_16():
     with pytest.raises(ConfigError, match="multiples of 16"):
         load_config("configs/tiny.py", ["image_size=[30, 30]"])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_run_copy_of_the_config_records_the_overrides(tmp_path):
+    """A run's config.py alone reproduces the run: the recipe followed by its --set overrides."""
+    from probface_tf.train.logs import create_run_dir, ensure_run_dir
+
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny.py"),
+                      ["lr=0.5", "name=renamed", f"log_base_dir={tmp_path}", "loss_weights={'mls_loss': 2.0}"])
+    run = create_run_dir(cfg, os.path.join(ROOT, "configs", "tiny.py"))
+    assert run.startswith(str(tmp_path / "renamed"))
+    again = load_config(os.path.join(run, "config.py"))
+    assert (again.lr, again.name, again.loss_weights) == (0.5, "renamed", {"mls_loss": 2.0})
+    assert again.to_dict() == cfg.to_dict()
+    explicit = ensure_run_dir(str(tmp_path / "explicit"), os.path.join(ROOT, "configs", "tiny.py"), cfg)
+    assert load_config(os.path.join(explicit, "config.py")).lr == 0.5

@@ -58,14 +58,14 @@ def train_mc_dropout(cfg, config_path: str | None = None, resume: bool = False, 
     act on (there are no steps) and are accepted for the common ``train`` signature."""
     from probface_tf.baselines.models import copy_bottleneck
     from probface_tf.models.probface import from_config
-    from probface_tf.train.logs import TrainingLog, create_run_dir, latest_run_dir
+    from probface_tf.train.logs import TrainingLog, create_run_dir, ensure_run_dir, latest_run_dir
     from probface_tf.train.loop import _evaluate_epoch, configure_runtime, save_model
 
     configure_runtime(cfg)
     model = from_config(cfg, freeze_backbone=True)
     if run_dir is None:
         run_dir = (latest_run_dir(cfg) if resume else None) or create_run_dir(cfg, config_path)
-    os.makedirs(run_dir, exist_ok=True)
+    ensure_run_dir(run_dir, config_path, cfg)
     log = TrainingLog(run_dir)
     if not cfg.restore_model:
         log.text("warning: no restore_model: MC dropout runs on a randomly initialised backbone")

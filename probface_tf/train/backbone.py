@@ -35,7 +35,7 @@ from probface_tf.models.heads import ScaleHead, build_margin_head, softmax_cross
 from probface_tf.models.resface import backbone_spec, build_resface
 from probface_tf.train.distribute import distribute_batch, first_replica, gather, is_chief, replica_sum, run, \
     strategy_from_config, worker_scratch_dir
-from probface_tf.train.logs import TrainingLog, banner, create_run_dir, interactive, latest_run_dir
+from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_run_dir, interactive, latest_run_dir
 from probface_tf.train.loop import NonFiniteLossError, configure_runtime
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.schedule import learning_rate_at
@@ -264,7 +264,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     restore_dir = run_dir
     if not chief:  # other workers of a cluster read the shared run (resume) but write to a private folder
         run_dir = worker_scratch_dir(strategy)
-    os.makedirs(run_dir, exist_ok=True)
+    ensure_run_dir(run_dir, config_path, cfg)
     log = TrainingLog(run_dir)
     trainer = BackboneTrainer(cfg, num_classes, learning_rate_at(0, cfg.learning_rate_schedule), strategy)
     if trainer.replicas > 1:

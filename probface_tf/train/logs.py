@@ -17,13 +17,31 @@ def create_run_dir(cfg, config_path: str | None = None) -> str:
         run_dir = os.path.join(base, f"{stamp}-{suffix}")
         suffix += 1
     os.makedirs(run_dir)
-    copy_config(run_dir, config_path)
+    copy_config(run_dir, config_path, cfg)
     return run_dir
 
 
-def copy_config(run_dir: str, config_path: str | None) -> None:
-    if config_path:
-        shutil.copyfile(config_path, os.path.join(run_dir, "config.py"))
+def ensure_run_dir(run_dir: str, config_path: str | None, cfg=None) -> str:
+    """An explicit run directory (``--run_dir``): created with its ``config.py`` when new, kept as is otherwise."""
+    if not os.path.isdir(run_dir):
+        os.makedirs(run_dir)
+        copy_config(run_dir, config_path, cfg)
+    return run_dir
+
+
+def copy_config(run_dir: str, config_path: str | None, cfg=None) -> None:
+    """The recipe as ``<run>/config.py``, with this run's ``--set`` overrides appended so that the copy alone
+    reproduces the run."""
+    if not config_path:
+        return
+    from probface_tf.config import overrides_text
+
+    target = os.path.join(run_dir, "config.py")
+    shutil.copyfile(config_path, target)
+    extra = overrides_text(cfg) if cfg is not None else ""
+    if extra:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(extra)
 
 
 def latest_run_dir(cfg) -> str | None:

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from probface_tf.losses import probface_loss
 from probface_tf.models.probface import backbone_of, from_config, head_of
-from probface_tf.train.logs import TrainingLog, banner, copy_config, create_run_dir, interactive, \
+from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_run_dir, interactive, \
     latest_run_dir
 from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, is_chief, \
     run, strategy_from_config, worker_scratch_dir
@@ -373,9 +373,8 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         cfg = cfg.replace(export_saved_model=False)
     elif run_dir is None:
         run_dir = create_run_dir(cfg, config_path)
-    elif not os.path.isdir(run_dir):
-        os.makedirs(run_dir)
-        copy_config(run_dir, config_path)
+    else:
+        ensure_run_dir(run_dir, config_path, cfg)
     if checkpoints is None:
         checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
     if trainer.replicas > 1:
