@@ -5,6 +5,9 @@
 export), ``eval/`` (the evaluator's results.json / results.md / figures on the held-out identities) and
 ``demo_results.json`` with what the demo is meant to show: predicted sigma^2 tracks the known degradation
 severity (Spearman), rejecting the riskiest pairs raises verification accuracy, FastMLS is as accurate as cosine.
+
+A finished run is recorded in ``log/demo/LATEST`` (the run folder's name), so other recipes (the baseline
+configs) and scripts can name "the latest demo run" through :func:`latest_run`.
 """
 from __future__ import annotations
 
@@ -19,6 +22,39 @@ from probface_tf.data.ensure import ensure_synthetic
 from probface_tf.train.logs import create_run_dir
 
 STAGE_KEYS = ("stage", "name", "backbone_config", "head_config")
+LATEST_FILE = "LATEST"
+
+
+class DemoRunMissing(FileNotFoundError):
+    """No finished demo run to build on; the message says how to make one."""
+
+
+def mark_latest(run_dir: str) -> str:
+    """Record ``run_dir`` as the latest finished run in ``<its parent>/LATEST``. The folder name only (relative,
+    so a moved log folder still resolves), written to a temporary file and renamed: a reader never sees a
+    half-written pointer, and a failed run never replaces the previous pointer."""
+    base, name = os.path.split(os.path.abspath(run_dir))
+    path = os.path.join(base, LATEST_FILE)
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(name + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def latest_run(log_base_dir: str = "./log/", name: str = "demo", part: str = "") -> str:
+    """The latest finished demo run (``part``: a path inside it, e.g. 'backbone'); raises DemoRunMissing."""
+    base = os.path.join(os.path.expanduser(log_base_dir), name)
+    hint = "run `python train.py configs/demo.py` first"
+    try:
+        with open(os.path.join(base, LATEST_FILE), encoding="utf-8") as f:
+            run = f.read().strip()
+    except FileNotFoundError:
+        raise DemoRunMissing(f"no finished demo run: {os.path.join(base, LATEST_FILE)} not found; {hint}") from None
+    path = os.path.join(base, run, part) if part else os.path.join(base, run)
+    if not run or not os.path.exists(path):
+        raise DemoRunMissing(f"{os.path.join(base, LATEST_FILE)} names {run!r}, but {path} does not exist; {hint}")
+    return path
 
 
 def stage_config(cfg, stage: str, overrides: dict | None, **fixed):
@@ -123,6 +159,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     summary["minutes"] = (time.time() - start) / 60.0
     with open(os.path.join(run_dir, "demo_results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
+    mark_latest(run_dir)  # only a finished run becomes the one baseline recipes build on
     print(_summary_text(summary), flush=True)
     return {"run_dir": run_dir, "summary": summary}
 
