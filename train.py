@@ -7,7 +7,6 @@ backbone (the original recipe), 'backbone' trains a ResFace backbone with a marg
 whole synthetic pipeline.
 """
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # an entry script: keep TensorFlow's start-up chatter off
 

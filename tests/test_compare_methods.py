@@ -1,7 +1,6 @@
 """Several uncertainty methods in one evaluate.py call: tiny ProbFace, PCNet, MC-dropout and ScaleFace models on
 generated .bin files. The comparison table must carry each model's own results.json numbers, and a few entries
 are recomputed from scores.npz with independent NumPy code; shared decoding must give single-run features."""
-import io
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from probface_tf.eval.compare import COLUMNS, folder_names, method_labels
 from probface_tf.eval.extraction import extract_bin, group_by_preprocessing, image_pipeline, shared_bin_pipeline
 from probface_tf.eval.model_loader import Preprocessing, load_model
 from probface_tf.eval.runner import evaluate_bins
+from references import png_bytes, ten_fold_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -27,10 +27,7 @@ METHODS = ("ProbFace", "PCNet", "MC dropout", "ScaleFace")
 FOLDERS = ("ProbFace", "PCNet", "MC_dropout", "ScaleFace")
 
 
-def _png(array):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+_png = png_bytes
 
 
 def _images(rng, n, size=40):
@@ -107,17 +104,7 @@ def _cli(*args):
 
 def _ten_fold(scores, labels):
     """The original 10-fold protocol, written as plain loops."""
-    n, accs, start = len(scores), [], 0
-    for k in range(10):
-        size = n // 10 + (1 if k < n % 10 else 0)
-        test = np.arange(start, start + size)
-        train = np.setdiff1d(np.arange(n), test)
-        start += size
-        cands = np.sort(scores[train][labels[train]])
-        acc = np.array([np.mean((scores[train] >= t) == labels[train]) for t in cands])
-        threshold = np.float32(np.mean(cands[acc == acc.max()]))
-        accs.append(np.float32(np.mean((scores[test] >= threshold) == labels[test])))
-    return float(np.mean(np.array(accs, np.float32)))
+    return ten_fold_loop(scores, labels)[0]
 
 
 def _fnmr_at_fmr(genuine, impostor, target=1e-3):

@@ -98,7 +98,7 @@ def test_folder_empty_identity_and_empty_root_are_errors(tmp_path):
 def test_list_file_with_and_without_labels(tmp_path):
     root = str(tmp_path / "faces")
     _folder(root, [2, 1, 2], names=["zed", "amy", "bob"])
-    lines = [f"faces/zed/img_0.jpg 7", f"faces/amy/img_0.jpg 2", f"faces/bob/img_1.jpg 0"]
+    lines = ["faces/zed/img_0.jpg 7", "faces/amy/img_0.jpg 2", "faces/bob/img_1.jpg 0"]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n\n")
     data = read_list_file(str(tmp_path / "train.txt"))
     assert data.labels.tolist() == [7, 2, 0] and data.num_classes == 8

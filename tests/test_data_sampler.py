@@ -1,5 +1,4 @@
 """The class-balanced training pipeline: batch structure, determinism, resume, bad images."""
-import io
 import logging
 import os
 

@@ -1,7 +1,6 @@
 """End to end: generated .bin files through tiny models (Keras, SavedModel, TF1 checkpoint), checked against an
 independent Pillow/NumPy preprocessing, direct model calls, per-pair formulas and a loop 10-fold; the CLI's
 stdout lines, files and bad-input errors."""
-import io
 import json
 import os
 import pickle
@@ -19,7 +18,7 @@ from probface_tf.eval import report
 from probface_tf.eval.model_loader import ModelLoadError, load_model
 from probface_tf.eval.risk import legacy_percentile
 from probface_tf.eval.runner import EvaluationError, evaluate_bins, image_pipeline, resolve_bins
-from probface_tf.models.probface import build_probface
+from references import png_bytes, ten_fold_loop, tiny_probface
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=(32, 32), backbone_filters=[8, 8, 16, 16], backbone_blocks=[1, 1, 1, 1], embedding_size=16)
@@ -28,21 +27,10 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _tiny(sigma_size=1, seed=0):
-    keras.utils.set_random_seed(seed)
-    model = build_probface(uncertainty_module_output_size=sigma_size, **TINY)
-    head = model.get_layer("UncertaintyModule")  # spread sigma_sq across images
-    rng = np.random.default_rng(seed)
-    for bn in (head.fc1_bn, head.fc_log_sigma_sq_bn):
-        bn.moving_mean.assign(rng.normal(0, 0.5, bn.moving_mean.shape).astype("float32"))
-        bn.moving_variance.assign(rng.uniform(0.5, 2.0, bn.moving_variance.shape).astype("float32"))
-    head.scale_and_shift.alpha.assign(0.8)
-    return model
+    return tiny_probface(seed, uncertainty_module_output_size=sigma_size)
 
 
-def _png(array):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+_png = png_bytes
 
 
 def _images(rng, n, size=48):
@@ -83,17 +71,7 @@ def _reference_preprocess(images, size=(32, 32)):
 
 
 def _loop_ten_fold(scores, labels):
-    n, accs, thrs, start = len(scores), np.zeros(10, np.float32), np.zeros(10, np.float32), 0
-    for k in range(10):
-        size = n // 10 + (1 if k < n % 10 else 0)
-        test = np.arange(start, start + size)
-        train = np.setdiff1d(np.arange(n), test)
-        start += size
-        cands = np.sort(scores[train][labels[train]])
-        acc = np.array([np.mean((scores[train] >= t) == labels[train]) for t in cands])
-        thrs[k] = np.mean(cands[acc == acc.max()])
-        accs[k] = np.mean((scores[test] >= thrs[k]) == labels[test])
-    return float(np.mean(accs))
+    return ten_fold_loop(scores, labels)[0]
 
 
 def test_pipeline_matches_independent_preprocessing(data):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,7 +14,7 @@ from PIL import Image
 
 from probface_tf import export as E
 from probface_tf.data.preprocess import decode_image, preprocess_batch
-from probface_tf.models.probface import build_probface
+from references import tiny_probface
 
 SIZE = (32, 32)
 TINY = dict(image_size=SIZE, backbone_filters=[8, 8, 16, 16], backbone_blocks=[1, 1, 1, 1], embedding_size=16)
@@ -23,16 +22,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def tiny_model(seed=0, **kwargs):
-    keras.utils.set_random_seed(seed)
-    model = build_probface(**{**TINY, **kwargs})
-    # Non-trivial head statistics, so sigma_sq varies across images and a wrong variable would show.
-    head = model.get_layer("UncertaintyModule")
-    rng = np.random.default_rng(seed)
-    for bn in (head.fc1_bn, head.fc_log_sigma_sq_bn):
-        bn.moving_mean.assign(rng.normal(0, 0.5, bn.moving_mean.shape).astype("float32"))
-        bn.moving_variance.assign(rng.uniform(0.5, 2.0, bn.moving_variance.shape).astype("float32"))
-    head.scale_and_shift.alpha.assign(0.8)
-    return model
+    return tiny_probface(seed, **kwargs)
 
 
 def encode(array, fmt):

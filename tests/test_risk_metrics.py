@@ -5,6 +5,7 @@ import pytest
 from scipy.integrate import trapezoid
 
 from probface_tf.eval import metrics, risk
+from references import ten_fold_loop
 
 
 # ---------------------------------------------------------------- independent references (plain loops)
@@ -31,19 +32,7 @@ def _brute_stats(genuine, impostor):
 
 
 def _loop_ten_fold(scores, labels):
-    n = len(scores)
-    accs, thrs = np.zeros(10, np.float32), np.zeros(10, np.float32)
-    start = 0
-    for k in range(10):
-        size = n // 10 + (1 if k < n % 10 else 0)
-        test = np.arange(start, start + size)
-        train = np.setdiff1d(np.arange(n), test)
-        start += size
-        cands = np.sort(scores[train][labels[train]])
-        acc = np.array([np.mean((scores[train] >= t) == labels[train]) for t in cands])
-        thrs[k] = np.mean(cands[acc == acc.max()])
-        accs[k] = np.mean((scores[test] >= thrs[k]) == labels[test])
-    return float(np.mean(accs)), float(np.mean(thrs))
+    return ten_fold_loop(scores, labels)
 
 
 def _pairs(rng, n, shift=1.5):

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_curve
 from probface_tf import fusion
 from probface_tf.eval.template_protocol import TemplateProtocol, TemplateProtocolError, load_protocol
 from probface_tf.eval.templates import tar_table, template_scores
+from references import tiny_probface
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -199,18 +200,7 @@ def test_protocol_reading_and_errors(tmp_path):
 
 
 def _tiny_probface(seed=0):
-    from probface_tf.models.probface import build_probface
-
-    keras.utils.set_random_seed(seed)
-    model = build_probface(image_size=(32, 32), backbone_filters=[8, 8, 16, 16], backbone_blocks=[1, 1, 1, 1],
-                           embedding_size=16, uncertainty_module_output_size=1)
-    head = model.get_layer("UncertaintyModule")  # spread sigma_sq across images
-    r = np.random.default_rng(seed)
-    for bn in (head.fc1_bn, head.fc_log_sigma_sq_bn):
-        bn.moving_mean.assign(r.normal(0, 0.5, bn.moving_mean.shape).astype("float32"))
-        bn.moving_variance.assign(r.uniform(0.5, 2.0, bn.moving_variance.shape).astype("float32"))
-    head.scale_and_shift.alpha.assign(0.8)
-    return model
+    return tiny_probface(seed, uncertainty_module_output_size=1)
 
 
 def _cli(*args):

@@ -6,7 +6,6 @@ model, restores the backbone, copies its bottleneck into the dropout head and sa
 """
 from __future__ import annotations
 
-import os
 
 import tensorflow as tf
 

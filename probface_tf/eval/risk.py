@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from probface_tf.eval.metrics import auerc_family, eer_stats, split_genuine_impostor, tar_at_far
-from probface_tf.eval.verification import FoldResult, ten_fold_accuracy
+from probface_tf.eval.verification import ten_fold_accuracy
 
 RISK_FACTORS = (0.0, 0.1, 0.2, 0.3)
 REJECT_FACTORS = np.arange(0, 1.0, 0.01)  # face-uncertainty-pytorch's 100 reject fractions
