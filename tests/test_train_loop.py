@@ -355,3 +355,22 @@ def test_check_inputs_names_keys_and_files(tmp_path):
         check_inputs(from_dict({**base, "test_bin_paths": [str(tmp_path / "x.bin")]}))
     with pytest.raises(TrainingInputError, match="config key 'train_dataset_path' is not set"):
         check_inputs(from_dict({}))
+
+
+@pytest.mark.parametrize("stretch", [True, False])
+def test_export_records_the_runs_evaluation_preprocessing(stretch, tmp_path):
+    """The SavedModel a run exports carries the run's evaluation preprocessing, so evaluate.py without --config
+    preprocesses .bin images as the run's own per-epoch evaluation did."""
+    import json
+
+    from probface_tf.eval.model_loader import load_model
+    from probface_tf.train.loop import save_model
+
+    cfg = from_dict({"image_size": [32, 32], "embedding_size": 16, "backbone_filters": [8, 8, 16, 16],
+                     "backbone_blocks": [1, 1, 1, 1], "eval_contrast_stretch": stretch, "resize_method": "bilinear"})
+    save_model(build_probface(**SMALL), str(tmp_path), cfg, 7)
+    with open(os.path.join(tmp_path, "saved_model", "7", "assets", "probface.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    assert meta["contrast_stretch"] is stretch and meta["resize_method"] == "bilinear"
+    loaded = load_model(os.path.join(tmp_path, "saved_model"))
+    assert loaded.preprocessing.contrast_stretch is stretch and loaded.preprocessing.resize_method == "bilinear"

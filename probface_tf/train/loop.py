@@ -318,7 +318,8 @@ def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
 
         export_saved_model(model, os.path.join(run_dir, "saved_model"), version=max(global_step, 1),
                            preprocess_ops=cfg.preprocess_test, image_size=cfg.image_size,
-                           resize_method=cfg.resize_method, overwrite=True)
+                           resize_method=cfg.resize_method, contrast_stretch=cfg.eval_contrast_stretch,
+                           overwrite=True)
     return path
 
 
