@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 
 from probface_tf.baselines.heads import BaselineHeadError, MCDropoutHead, ProbabilityHead
-from probface_tf.models.resface import backbone_spec, build_resface
+from probface_tf.models.probface import attach_backbone
 
 BASELINE_HEADS = ("pcnet", "idq", "mc_dropout")
 MODEL_NAMES = {"pcnet": "PCNet", "idq": "IDQ", "mc_dropout": "MCDropout"}
@@ -33,15 +33,9 @@ def build_baseline(head_type: str, embedding_network: str = "resface64_relu", im
     the MC-dropout head is never trained (call :func:`copy_bottleneck` once the backbone is restored)."""
     if head_type not in BASELINE_HEADS:
         raise BaselineHeadError(f"head_type must be one of {list(BASELINE_HEADS)}, got {head_type!r}")
-    if backbone is None:
-        spec = backbone_spec(embedding_network, backbone_filters, backbone_blocks)
-        backbone = build_resface(spec, image_size, embedding_size, keep_prob)
-    if head_input not in backbone.output:
-        raise BaselineHeadError(f"uncertainty_module_input {head_input!r} is not a backbone end point; "
-                                f"choose one of {sorted(backbone.output)}")
-    backbone.trainable = not freeze_backbone
-    images = keras.Input(backbone.input.shape[1:], name="images")
-    end_points = backbone(images)
+    images, backbone, end_points = attach_backbone(backbone, head_input, freeze_backbone, embedding_network,
+                                                   image_size, embedding_size, keep_prob, backbone_filters,
+                                                   backbone_blocks, error=BaselineHeadError)
     if head_type == "mc_dropout":
         # The bottleneck reads the flattened last stage, the first columns of conv_final.
         head = MCDropoutHead(int(backbone.output["mu"].shape[-1]), mc_dropout_rate, mc_samples,

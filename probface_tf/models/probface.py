@@ -9,6 +9,22 @@ from probface_tf.models.uncertainty import SCOPE as HEAD_SCOPE, UncertaintyModul
 OUTPUT_KEYS = ("mu", "log_sigma_sq", "sigma_sq")
 
 
+def attach_backbone(backbone: keras.Model | None, head_input: str, freeze_backbone: bool,
+                    embedding_network: str, image_size, embedding_size: int, keep_prob: float, backbone_filters,
+                    backbone_blocks, error=ValueError):
+    """The model's image input, the backbone and its end points on that input. The backbone is built from the
+    architecture keys unless given; ``head_input`` must name an end point (``error`` is raised otherwise)."""
+    if backbone is None:
+        spec = backbone_spec(embedding_network, backbone_filters, backbone_blocks)
+        backbone = build_resface(spec, image_size, embedding_size, keep_prob)
+    if head_input not in backbone.output:
+        raise error(f"uncertainty_module_input {head_input!r} is not a backbone end point; "
+                    f"choose one of {sorted(backbone.output)}")
+    backbone.trainable = not freeze_backbone
+    images = keras.Input(backbone.input.shape[1:], name="images")
+    return images, backbone, backbone(images)
+
+
 def build_probface(embedding_network: str = "resface64_relu", image_size=(96, 96), embedding_size: int = 256,
                    uncertainty_module_output_size: int = 1, uncertainty_module_input: str = "conv_final",
                    weight_decay: float = 5e-4, keep_prob: float = 1.0, backbone_filters=None,
@@ -16,15 +32,9 @@ def build_probface(embedding_network: str = "resface64_relu", image_size=(96, 96
                    name: str = "ProbFace") -> keras.Model:
     """Build the ProbFace model. With ``freeze_backbone`` the backbone's weights are not trainable and its BN
     layers run in inference mode, as in the original head training."""
-    if backbone is None:
-        spec = backbone_spec(embedding_network, backbone_filters, backbone_blocks)
-        backbone = build_resface(spec, image_size, embedding_size, keep_prob)
-    if uncertainty_module_input not in backbone.output:
-        raise ValueError(f"uncertainty_module_input {uncertainty_module_input!r} is not a backbone end point; "
-                         f"choose one of {sorted(backbone.output)}")
-    backbone.trainable = not freeze_backbone
-    images = keras.Input(backbone.input.shape[1:], name="images")
-    end_points = backbone(images)
+    images, _, end_points = attach_backbone(backbone, uncertainty_module_input, freeze_backbone, embedding_network,
+                                            image_size, embedding_size, keep_prob, backbone_filters,
+                                            backbone_blocks)
     head = UncertaintyModule(uncertainty_module_output_size, weight_decay=weight_decay)
     log_sigma_sq = keras.layers.Identity(name="log_sigma_sq", dtype="float32")(head(end_points[uncertainty_module_input]))
     sigma_sq = keras.layers.Activation("exponential", name="sigma_sq", dtype="float32")(log_sigma_sq)
