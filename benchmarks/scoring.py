@@ -3,7 +3,8 @@
 Goals: FastMLS <= 1.1x the time of cosine; D-dim MLS >= 100x the time of FastMLS. D-dim MLS is timed on the first
 ``--mls_rows`` rows against all columns and scaled to the full matrix (its cost is exactly linear in rows;
 the full 10k x 10k run would take many minutes). Times are the best of ``--repeats`` runs, interleaved.
-Also reported, for reference: the TensorFlow forms (``cosine_tf`` / ``fastmls_tf``) the SavedModel serves.
+Also reported, for reference: the plain ``normalize(x) @ normalize(x).T`` a user would write (one multi-threaded
+BLAS call), and the TensorFlow forms (``cosine_tf`` / ``fastmls_tf``) the SavedModel serves.
 
     python benchmarks/scoring.py [--n 10000] [--dim 256] [--repeats 5] [--threads 2]
 """
@@ -38,6 +39,11 @@ def _inputs(n: int, dim: int):
     return mu, s1, sd
 
 
+def _plain_cosine(mu: np.ndarray) -> np.ndarray:
+    unit = mu / np.linalg.norm(mu, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
 def _tf_times(mu, s1, repeats: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -65,11 +71,13 @@ def main(argv=None) -> None:
     kw = {"threads": args.threads}
     cosine = lambda: scoring.cosine_pairwise(mu, mu, **kw)  # noqa: E731
     fastmls = lambda: scoring.fastmls_pairwise(mu, s1, mu, s1, **kw)  # noqa: E731
-    cosine(), fastmls()  # warm-up: BLAS threads, page cache
-    t_cos, t_fast = float("inf"), float("inf")
-    for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit both alike
+    plain = lambda: _plain_cosine(mu)  # noqa: E731
+    cosine(), fastmls(), plain()  # warm-up: BLAS threads, page cache
+    t_cos, t_fast, t_plain = float("inf"), float("inf"), float("inf")
+    for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit all alike
         t_cos = min(t_cos, _best(cosine, 1))
         t_fast = min(t_fast, _best(fastmls, 1))
+        t_plain = min(t_plain, _best(plain, 1))
     rows = min(args.mls_rows, args.n)
     t_mls_rows = _best(lambda: scoring.mls_pairwise(mu[:rows], sd[:rows], mu, sd, **kw), max(1, args.repeats // 2))
     t_mls = t_mls_rows * args.n / rows
@@ -82,6 +90,8 @@ def main(argv=None) -> None:
         "threads": args.threads or min(2, os.cpu_count() or 1), "repeats": args.repeats,
         "cosine_seconds": round(t_cos, 4), "fastmls_seconds": round(t_fast, 4),
         "ratio_fastmls_vs_cosine": round(t_fast / t_cos, 3), "goal_ratio_fastmls_vs_cosine": 1.1,
+        "plain_numpy_cosine_seconds": round(t_plain, 4),
+        "ratio_fastmls_vs_plain_numpy_cosine": round(t_fast / t_plain, 3),
         "mls_ddim_seconds_for_rows": round(t_mls_rows, 3), "mls_ddim_rows_timed": rows,
         "mls_ddim_seconds_full_estimate": round(t_mls, 2),
         "ratio_mls_ddim_vs_fastmls": round(t_mls / t_fast, 1), "goal_ratio_mls_ddim_vs_fastmls": 100,
