@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 
 from probface_tf.eval import report
-from probface_tf.eval.runner import evaluate_features, report_results
+from probface_tf.eval.runner import evaluate_bin_models, report_results
 
 
 class ComparisonError(ValueError):
@@ -193,26 +192,6 @@ def comparison_figures(results_by_method: dict, out_dir: str) -> dict:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def evaluate_bin_methods(models, path: str, batch_size: int = 128, fusion: str = "max") -> list[tuple]:
-    """One .bin read and decoded once for every model: per model (result dict, per-pair arrays, uncertainty)."""
-    from probface_tf.data.binfile import read_bin
-    from probface_tf.eval.extraction import extract_bin
-
-    binset = read_bin(path)
-    start = time.perf_counter()
-    extracted = extract_bin(models, binset, batch_size)
-    pipeline = time.perf_counter() - start
-    out = []
-    for model, (mu, sigma_sq, forward) in zip(models, extracted):
-        start = time.perf_counter()
-        result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion, gaussian=model.gaussian)
-        result["seconds"] = {"extract": forward, "extract_all_models": pipeline,
-                             "metrics": time.perf_counter() - start}
-        result["path"] = path
-        out.append((result, arrays, sigma_sq))
-    return out
-
-
 def evaluate_methods(models, paths, out_dir: str, batch_size: int = 128, fusion: str = "max",
                      save_scores: bool = False, plots: bool = True, echo=print) -> dict:
     """Evaluate every model (``LoadedModel`` with a unique ``label``) on every .bin; write each model's outputs
@@ -223,7 +202,7 @@ def evaluate_methods(models, paths, out_dir: str, batch_size: int = 128, fusion:
     folders = folder_names(labels)
     per_model = [[] for _ in models]
     for path in paths:  # dataset-major: one decode of each .bin serves every model
-        for k, evaluated in enumerate(evaluate_bin_methods(models, path, batch_size, fusion)):
+        for k, evaluated in enumerate(evaluate_bin_models(models, path, batch_size, fusion)):
             per_model[k].append(evaluated)
     results_by_method = {}
     for model, folder, evaluated in zip(models, folders, per_model):

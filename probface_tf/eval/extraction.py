@@ -89,14 +89,9 @@ def _check_ops(preprocessings, shape) -> None:
 
 
 def image_pipeline(binset, preprocessing, batch_size: int):
-    """tf.data pipeline of one .bin: encoded images -> decoded uint8 -> float32 batch -> evaluation
-    preprocessing (no prefetch: see ``CHUNK_IMAGES``)."""
-    import tensorflow as tf
-
-    data, shape = _bin_batches(binset, batch_size)
-    _check_ops([preprocessing], shape)
-    prepare = _batch_preparer(preprocessing, as_float=True)
-    return data.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    """tf.data pipeline of one .bin and one preprocessing: batches of model input (no prefetch: see
+    ``CHUNK_IMAGES``)."""
+    return shared_bin_pipeline(binset, [preprocessing], batch_size).map(lambda batch: batch)  # 1-tuple -> tensor
 
 
 def shared_bin_pipeline(binset, preprocessings, batch_size: int):
@@ -107,9 +102,8 @@ def shared_bin_pipeline(binset, preprocessings, batch_size: int):
     data, shape = _bin_batches(binset, batch_size)
     _check_ops(preprocessings, shape)
     preparers = [_batch_preparer(p, as_float=True) for p in preprocessings]
-    data = data.map(lambda images: tuple(prepare(images) for prepare in preparers),
+    return data.map(lambda images: tuple(prepare(images) for prepare in preparers),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data
 
 
 def _locate_bad_bin_image(binset, error) -> Exception:
@@ -211,7 +205,7 @@ def run_models(models, data, group_index, locate_error, progress=None, batch_siz
                     seconds[k] += time.perf_counter() - start
                     mus[k].append(out["mu"])
                     if model.has_sigma:
-                        sigmas[k].append(out[getattr(model, "uncertainty", "sigma_sq")])
+                        sigmas[k].append(out[model.uncertainty])
                 if progress is not None:
                     progress(len(mus[0][-1]))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError) as exc:

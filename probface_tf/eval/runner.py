@@ -134,19 +134,29 @@ def resolve_bins(bins=(), bin_dir: str | None = None, targets=KNOWN_TARGETS, ski
     return found
 
 
-def evaluate_bin(model, path: str, batch_size: int = 128, fusion: str = "max", progress=None) -> tuple:
-    """Read, extract and evaluate one .bin: (result dict, per-pair arrays, sigma_sq or None)."""
+def evaluate_bin_models(models, path: str, batch_size: int = 128, fusion: str = "max", progress=None) -> list:
+    """Read one .bin, decode it once for every model, evaluate each: per model (result dict, per-pair arrays,
+    uncertainty or None). ``seconds``: ``extract`` (the dataset's whole extraction), ``forward`` (this model's
+    forward passes), ``metrics``."""
     from probface_tf.data.binfile import read_bin
 
     binset = read_bin(path)
     start = time.perf_counter()
-    mu, sigma_sq = extract_features(model, binset, batch_size, progress)
-    extracted = time.perf_counter()
-    result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion,
-                                       gaussian=getattr(model, "gaussian", True))
-    result["seconds"] = {"extract": extracted - start, "metrics": time.perf_counter() - extracted}
-    result["path"] = path
-    return result, arrays, sigma_sq
+    extracted = extract_bin(models, binset, batch_size, progress)
+    extraction = time.perf_counter() - start
+    out = []
+    for model, (mu, sigma_sq, forward) in zip(models, extracted):
+        start = time.perf_counter()
+        result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion, gaussian=model.gaussian)
+        result["seconds"] = {"extract": extraction, "forward": forward, "metrics": time.perf_counter() - start}
+        result["path"] = path
+        out.append((result, arrays, sigma_sq))
+    return out
+
+
+def evaluate_bin(model, path: str, batch_size: int = 128, fusion: str = "max", progress=None) -> tuple:
+    """Read, extract and evaluate one .bin: (result dict, per-pair arrays, sigma_sq or None)."""
+    return evaluate_bin_models([model], path, batch_size, fusion, progress)[0]
 
 
 def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 128, fusion: str = "max",
