@@ -76,9 +76,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         data = open_dataset(synthesize(tmp, num_identities=max(args.cache_identities, n // 8), images_per_identity=4,
                                        seed=0, image_size=112, bin_pairs=0, split=0.0).train_dir)
-        trainer._features_fn(images[:8])  # trace the backbone outside the build timing
+        trainer.extract(images[:8])  # trace the backbone outside the build timing
         start = time.perf_counter()
-        cache = FeatureCache.build(data, cfg, trainer._features_fn)
+        cache = FeatureCache.build(data, cfg, trainer.extract)
         build_s = time.perf_counter() - start
     engines = {
         "tf1_graph": lambda i: graph.train_step(images, labels, 0.01),

@@ -69,7 +69,7 @@ def test_twin_feature_reuse_equals_full_forward():
     images = np.concatenate([np.where(mirrored[:, None, None, None], plain[:, :, ::-1], plain), plain])
     trainer = HeadTrainer(model, _config(1, "L2"), 0.01)
     reused, reused_mu = trainer.batch_features(images)
-    full, full_mu = trainer._features_fn(images)
+    full, full_mu = trainer.extract(images)
     np.testing.assert_allclose(reused.numpy(), full.numpy(), atol=1e-5)
     np.testing.assert_allclose(reused_mu.numpy(), full_mu.numpy(), atol=1e-6)
     assert np.abs(full.numpy()[0] - full.numpy()[8]).max() > 1e-3  # mirrored images really differ

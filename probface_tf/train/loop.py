@@ -162,9 +162,6 @@ class HeadTrainer:
         watch, grads, updates = self._gradients[from_images](*inputs)
         return self._checked(first_replica(self.strategy, watch), global_step), grads, updates
 
-    def losses(self, features, mu, labels, global_step: int):
-        return self.batch_losses({"features": features, "mu": mu, "labels": labels}, global_step)
-
     def step_batch(self, batch: dict, global_step: int, before_update=None) -> dict:
         """One update. The losses are computed and checked on the current state first; on NaN/Inf this raises
         NonFiniteLossError with the state untouched. ``before_update()`` runs once they are known finite and
