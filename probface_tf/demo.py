@@ -84,10 +84,15 @@ def accuracy_by_severity(cosine, issame, threshold: float, pair_severity) -> lis
     return rows
 
 
+def image_sigma_sq(scores: dict, count: int) -> np.ndarray:
+    """Per-image sigma^2 [count, S] in .bin order (pair k = images 2k, 2k+1) from a scores.npz's pair columns."""
+    return np.stack([scores["sigma_sq_1"], scores["sigma_sq_2"]], 1).reshape(count, -1)
+
+
 def summarize(result: dict, scores: dict, severity) -> dict:
     """The demo's claims as numbers, from one evaluator result and its per-pair scores on the held-out .bin."""
     severity = np.asarray(severity, np.float64)
-    sigma_sq = np.stack([scores["sigma_sq_1"], scores["sigma_sq_2"]], 1).reshape(len(severity), -1)
+    sigma_sq = image_sigma_sq(scores, len(severity))
     risk = {row["risk_factor"]: row["cosine"]["accuracy"] for row in result["risk"]}
     verification = result["verification"]
     return {
@@ -129,7 +134,7 @@ def evaluate_demo(export_base: str, bin_path: str, severity_path: str, out_dir: 
         scores = dict(npz)
     severity = np.load(severity_path)
     summary = summarize(result, scores, severity)
-    sigma_sq = np.stack([scores["sigma_sq_1"], scores["sigma_sq_2"]], 1).reshape(len(severity), -1)
+    sigma_sq = image_sigma_sq(scores, len(severity))
     summary["figures"] = {"sigma_vs_severity": plot_sigma_vs_severity(
         sigma_sq, severity, os.path.join(out_dir, "sigma_vs_severity.png")),
         "reject_verification": os.path.join(out_dir, "%s_reject_verification.png" % result["name"])}

@@ -88,9 +88,8 @@ def fuse_templates(mu, sigma_sq, template_ids) -> tuple[np.ndarray, np.ndarray, 
 
 def fuse_template(mu, sigma_sq) -> tuple[np.ndarray, np.ndarray]:
     """PFE fusion of one template: ``mu [n, D], sigma_sq [n, 1 or D] -> (mu [D] unit, sigma_sq [1 or D])``."""
-    mu = _check_mu(mu)
-    s = _check_sigma(sigma_sq, mu.shape[0], mu.shape[1])
-    _, fused_mu, fused_s = fuse_templates(mu, s, np.zeros(mu.shape[0], np.int64))
+    mu = _check_mu(mu)  # fuse_templates checks sigma_sq against it
+    _, fused_mu, fused_s = fuse_templates(mu, sigma_sq, np.zeros(mu.shape[0], np.int64))
     return fused_mu[0], fused_s[0]
 
 

@@ -6,7 +6,6 @@ model, restores the backbone, copies its bottleneck into the dropout head and sa
 """
 from __future__ import annotations
 
-
 import tensorflow as tf
 
 from probface_tf.baselines.losses import idq_loss, pc_loss
