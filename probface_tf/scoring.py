@@ -9,9 +9,9 @@ Two faces ``(mu_i, sigma_sq_i)``, ``(mu_j, sigma_sq_j)`` are compared by
 
 Every score has an element-wise form (pair list: row k of the first set against row k of the second, the
 evaluation protocol) and a pairwise form (all-pairs matrix). The element-wise NumPy forms repeat the original's
-float32 operations one for one; the pairwise forms work on row blocks so that the elementwise tail of FastMLS
-runs on cache-resident tiles and costs little next to the matmul it shares with cosine. TensorFlow versions
-(``cosine_tf``, ``fastmls_tf``, ``mls_tf``) serve SavedModel signatures.
+float32 operations one for one; the pairwise forms work on row blocks on two threads, and the elementwise tail of
+FastMLS is one compiled pass per block (``fastmls_tail``) so that it costs little next to the matmul it shares
+with cosine. TensorFlow versions (``cosine_tf``, ``fastmls_tf``, ``mls_tf``) serve SavedModel signatures.
 """
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from probface_tf import fastmls_tail
+
 MLS_EPSILON = 1e-10  # added to the FastMLS denominator, as the original
 HARMONIC_EPSILON = 1e-6  # face-uncertainty-pytorch's guard in 1/mean(1/(sigma_sq + eps))
 FUSIONS = ("max", "sum", "min", "mean", "harmonic")
-DEFAULT_BLOCK_ROWS = 128
+DEFAULT_BLOCK_ROWS = 512
 
 
 class ScoringError(ValueError):
@@ -172,8 +174,9 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
     """[N, M] FastMLS matrix: one matmul, one outer sum and one log per entry.
 
     The affine part ``2(cos - 1)`` is folded into the matmul by one extra column (``[2 mu1, -2] . [mu2, 1]``);
-    the per-entry tail (outer sum, divide, log, subtract) then runs on small tiles that stay in cache, in a
-    per-thread scratch buffer. The 1e-10 of the denominator is applied only when it can change a sum in the
+    the per-entry tail (outer sum, divide, log, subtract) then runs as one compiled pass over each row block
+    (``fastmls_tail``, float32 with numba installed). Otherwise NumPy runs it on small tiles that stay in cache,
+    in a per-thread scratch buffer, adding the 1e-10 of the denominator only when it can change a sum in the
     working precision (it cannot once the smallest s1 + s2 exceeds ~2e-3 in float32), which saves a pass.
     """
     mu1, mu2 = _as_matrix(mu1, "mu1"), _as_matrix(mu2, "mu2")
@@ -206,9 +209,14 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
         np.log(mutual, out=mutual)
         tile -= mutual
 
+    compiled = fastmls_tail.usable(s1, s2)
+
     def fill(start, stop):
         block = out[start:stop]
         np.matmul(left[start:stop], right_t, out=block)  # 2(cos - 1) = -(2(1 - cos))
+        if compiled:
+            fastmls_tail.apply(block, s1[start:stop], s2, eps, attention_only)
+            return
         for r in range(start, stop, _TILE_ROWS):
             tail(block[r - start:r - start + _TILE_ROWS], s1[r:min(r + _TILE_ROWS, stop)], s2)
 
