@@ -5,7 +5,7 @@ Goals: FastMLS <= 1.1x the time of cosine; D-dim MLS >= 100x the time of FastMLS
 the full 10k x 10k run would take many minutes). Times are the best of ``--repeats`` runs, interleaved; cosine
 is timed at several row-block sizes and the fastest one is the reference. The median over rounds of the
 back-to-back ratio is reported too (this machine class shares its caches and memory bandwidth, so single
-timings drift by up to 40 %). ``fastmls_compiled_tail`` says whether numba ran the per-entry tail.
+timings drift by up to 40 %). ``fastmls_compiled_tail`` says whether the compiled per-entry tail ran.
 Also reported, for reference: the plain ``normalize(x) @ normalize(x).T`` a user would write (one multi-threaded
 BLAS call), and the TensorFlow forms (``cosine_tf`` / ``fastmls_tf``) the SavedModel serves.
 
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     plain = lambda: _plain_cosine(mu)  # noqa: E731
     runs = {**{f"cosine_{rows}": fn for rows, fn in cosines.items()}, "fastmls": fastmls, "plain": plain}
     for fn in runs.values():
-        fn()  # warm-up: BLAS threads, page cache, numba compilation
+        fn()  # warm-up: BLAS threads, page cache, tail compilation
     times = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit all alike
         for name, fn in runs.items():

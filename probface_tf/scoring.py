@@ -26,7 +26,7 @@ from probface_tf import fastmls_tail
 MLS_EPSILON = 1e-10  # added to the FastMLS denominator, as the original
 HARMONIC_EPSILON = 1e-6  # face-uncertainty-pytorch's guard in 1/mean(1/(sigma_sq + eps))
 FUSIONS = ("max", "sum", "min", "mean", "harmonic")
-DEFAULT_BLOCK_ROWS = 512
+DEFAULT_BLOCK_ROWS = 1024
 
 
 class ScoringError(ValueError):
@@ -175,7 +175,7 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
 
     The affine part ``2(cos - 1)`` is folded into the matmul by one extra column (``[2 mu1, -2] . [mu2, 1]``);
     the per-entry tail (outer sum, divide, log, subtract) then runs as one compiled pass over each row block
-    (``fastmls_tail``, float32 with numba installed). Otherwise NumPy runs it on small tiles that stay in cache,
+    (``fastmls_tail``, float32 with llvmlite installed). Otherwise NumPy runs it on small tiles that stay in cache,
     in a per-thread scratch buffer, adding the 1e-10 of the denominator only when it can change a sum in the
     working precision (it cannot once the smallest s1 + s2 exceeds ~2e-3 in float32), which saves a pass.
     """

@@ -4,7 +4,7 @@ import pytest
 
 from probface_tf import fastmls_tail, scoring
 
-pytest.importorskip("numba")
+pytest.importorskip("llvmlite")
 
 
 def _tail64(tile, a, b, eps, attention_only=False):
@@ -52,7 +52,7 @@ def test_pairwise_compiled_and_numpy_paths_agree(rng, monkeypatch):
     mu2 /= np.linalg.norm(mu2, axis=1, keepdims=True)
     s1, s2 = rng.uniform(1e-4, 2, 70).astype(np.float32), rng.uniform(1e-4, 2, 45).astype(np.float32)
     compiled = scoring.fastmls_pairwise(mu1, s1, mu2, s2, block_rows=16)
-    monkeypatch.setattr(fastmls_tail, "_kernels", False)  # as if numba were not installed
+    monkeypatch.setattr(fastmls_tail, "_compiled", False)  # as if llvmlite were not installed
     assert not fastmls_tail.usable(s1, s2)
     fallback = scoring.fastmls_pairwise(mu1, s1, mu2, s2, block_rows=16)
     np.testing.assert_allclose(compiled, fallback, rtol=1e-6, atol=1e-6)
@@ -81,9 +81,30 @@ def test_float64_inputs_are_not_compiled(rng):
     assert not fastmls_tail.usable(a, a)
 
 
+def test_row_slices_of_a_larger_matrix_and_every_remainder(rng):
+    big = rng.uniform(-4, 0, (9, 70)).astype(np.float32)
+    a, b = rng.uniform(0.1, 1, 9).astype(np.float32), rng.uniform(0.1, 1, 70).astype(np.float32)
+    for c0, c1 in [(0, 70), (3, 19), (5, 21), (16, 32), (40, 41), (7, 7)]:  # 70, 16, 16, 16, 1, 0 columns
+        got = big.copy()
+        fastmls_tail.apply(got[2:8, c0:c1], a[2:8], b[c0:c1], 1e-10)
+        expected = big.copy()
+        s = a[2:8, None] + b[None, c0:c1]
+        expected[2:8, c0:c1] = big[2:8, c0:c1] / (np.float32(1e-10) + s) - np.log(s)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)  # and nothing outside the slice moved
+        assert np.array_equal(np.delete(got, range(c0, c1), axis=1), np.delete(big, range(c0, c1), axis=1))
+
+
 def test_mismatched_tile_is_refused_before_the_unchecked_loop():
     a, b = np.ones(3, np.float32), np.ones(4, np.float32)
-    with pytest.raises(ValueError, match=r"tile float32\(3, 5\).*3 and 4"):
+    with pytest.raises(ValueError, match=r"tile float32\(3, 5\).*float32\(3,\) and float32\(4,\)"):
         fastmls_tail.apply(np.zeros((3, 5), np.float32), a, b, 1e-10)
-    with pytest.raises(ValueError, match="C-contiguous: False"):
-        fastmls_tail.apply(np.zeros((4, 3), np.float32).T, a, b, 1e-10)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        fastmls_tail.apply(np.zeros((4, 3), np.float32).T, a, b, 1e-10)  # columns strided
+    with pytest.raises(ValueError, match="contiguous rows"):
+        fastmls_tail.apply(np.zeros((3, 4), np.float64), a, b, 1e-10)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        fastmls_tail.apply(np.zeros((3, 4), np.float32), a, np.ones(8, np.float32)[::2], 1e-10)
+    frozen = np.zeros((3, 4), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fastmls_tail.apply(frozen, a, b, 1e-10)
