@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+import warnings
 
 import numpy as np
 
@@ -178,14 +179,18 @@ def _compile():
         import llvmlite.binding as llvm
     except ImportError:
         return False
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    module = llvm.parse_assembly(module_ir())
-    module.verify()
-    machine = llvm.Target.from_default_triple().create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
-    engine = llvm.create_mcjit_compiler(module, machine)
-    engine.finalize_object()
+    try:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        module = llvm.parse_assembly(module_ir())
+        module.verify()
+        machine = llvm.Target.from_default_triple().create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
+        engine = llvm.create_mcjit_compiler(module, machine)
+        engine.finalize_object()
+    except RuntimeError as err:  # an llvmlite whose LLVM cannot read this IR, or no JIT for this platform
+        warnings.warn(f"FastMLS tail not compiled ({err}); all-pairs FastMLS uses NumPy", RuntimeWarning)
+        return False
     functions = [_SIGNATURE(engine.get_function_address(name)) for name in ("fastmls_tail", "fastmls_attention")]
     return (engine, *functions)  # the engine owns the machine code: keep it alive with the functions
 

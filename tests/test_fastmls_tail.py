@@ -76,6 +76,15 @@ def test_values_outside_the_normal_range_take_the_numpy_path(rng, bad):
             np.testing.assert_allclose(got[i], row, rtol=2e-6, atol=0, equal_nan=True)
 
 
+def test_ir_that_does_not_compile_warns_and_falls_back(monkeypatch):
+    monkeypatch.setattr(fastmls_tail, "_compiled", None)
+    monkeypatch.setattr(fastmls_tail, "module_ir", lambda: "define void @broken( {")
+    with pytest.warns(RuntimeWarning, match="FastMLS tail not compiled"):
+        assert fastmls_tail.kernels() is None
+    a = np.ones(3, np.float32)
+    assert not fastmls_tail.usable(a, a)
+
+
 def test_float64_inputs_are_not_compiled(rng):
     a = rng.uniform(0.1, 1, 4)
     assert not fastmls_tail.usable(a, a)
