@@ -13,6 +13,7 @@ setup(
         "numpy>=1.24",
         "absl-py>=1.4",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3",  # one BLAS thread per scoring thread (ThreadpoolController)
         "pillow>=10",
         "tqdm>=4.60",
         "matplotlib>=3.7",

@@ -15,6 +15,7 @@ with cosine. TensorFlow versions (``cosine_tf``, ``fastmls_tf``, ``mls_tf``) ser
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -135,18 +136,40 @@ def probabilistic_scores(mu1, s1, mu2, s2, attention_only: bool = False) -> np.n
 
 
 def _run_blocks(n_rows: int, fill, block_rows: int, threads: int | None) -> None:
-    """Call ``fill(start, stop)`` for every row block, on up to ``threads`` threads (NumPy ufuncs and BLAS
-    release the GIL, so blocks of matmul + elementwise tail overlap on separate cores)."""
-    starts = range(0, n_rows, block_rows)
+    """Call ``fill(start, stop)`` for row blocks of at most ``block_rows`` rows, on up to ``threads`` threads
+    (NumPy ufuncs, BLAS and the compiled tail release the GIL, so blocks overlap on separate cores)."""
     threads = threads or min(2, os.cpu_count() or 1)
     if threads <= 1 or n_rows <= block_rows:
-        for start in starts:
+        for start in range(0, n_rows, block_rows):
             fill(start, min(start + block_rows, n_rows))
         return
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+    # as many blocks as a multiple of the threads, of equal size: no thread waits on a last lone block
+    blocks = -(-n_rows // block_rows)
+    blocks = -(-blocks // threads) * threads
+    size = -(-n_rows // blocks)
+    starts = range(0, n_rows, size)
+    with _blas_controller().limit(limits=1, user_api="blas"):  # one BLAS thread per block thread
+        list(_pool(threads).map(lambda start: fill(start, min(start + size, n_rows)), starts))
 
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda start: fill(start, min(start + block_rows, n_rows)), starts))
+
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A thread pool kept across calls (making one costs about a millisecond); a forked child gets its own."""
+    key = (os.getpid(), threads)
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="probface-scoring")
+        return _pools[key]
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+
+    return ThreadpoolController()  # finding the loaded BLAS libraries once, not on every call
 
 
 def _result_dtype(*arrays) -> np.dtype:

@@ -1,5 +1,7 @@
 """Pair scores and uncertainty fusion against independent per-pair loops (math module, float64)."""
 import math
+import multiprocessing
+import threading
 
 import numpy as np
 import pytest
@@ -81,6 +83,50 @@ def test_fastmls_pairwise_epsilon_matches_elementwise(rng, low):
     for i in range(7):
         row = scoring.fastmls_scores(np.repeat(a[i:i + 1], 5, 0), np.repeat(sa[i:i + 1], 5), b, sb)
         np.testing.assert_allclose(full[i], row, rtol=2e-6)
+
+
+@pytest.mark.parametrize("n_rows, block_rows, threads, sizes", [
+    (3000, 1024, 2, [750] * 4),  # 3 blocks would leave one thread a lone third block
+    (10000, 1024, 2, [1000] * 10),
+    (7, 4, 2, [4, 3]),
+    (5, 8, 2, [5]),  # one block: run on the calling thread
+])
+def test_row_blocks_are_even_and_cover_every_row_once(n_rows, block_rows, threads, sizes):
+    seen = []
+    lock = threading.Lock()
+
+    def fill(start, stop):
+        with lock:
+            seen.append((start, stop))
+
+    scoring._run_blocks(n_rows, fill, block_rows, threads)
+    seen.sort()
+    assert [stop - start for start, stop in seen] == sizes
+    assert seen[0][0] == 0 and seen[-1][1] == n_rows
+    assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+
+
+def _threaded_pairwise():
+    rng = np.random.default_rng(1)
+    a = _unit(rng, 40, 8)
+    s = rng.uniform(0.1, 1, 40).astype(np.float32)
+    return scoring.fastmls_pairwise(a, s, a, s, block_rows=8, threads=2)
+
+
+def _pairwise_in_child(queue):
+    queue.put(_threaded_pairwise())
+
+
+def test_pairwise_in_a_forked_child_after_the_parent_used_its_threads():
+    parent = _threaded_pairwise()  # the parent's thread pool now exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_pairwise_in_child, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)  # a pool inherited without its threads would hang here
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, parent)
 
 
 def test_pairwise_diagonal_equals_elementwise(rng):
