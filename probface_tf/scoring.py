@@ -215,11 +215,30 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
     if out.size == 0:
         return out
     eps = dtype.type(MLS_EPSILON)
-    smallest = s1.min() + s2.min()
-    need_eps = smallest + eps != smallest
+    if fastmls_tail.usable(s1, s2):
+        tail = functools.partial(fastmls_tail.apply, eps=eps, attention_only=attention_only)
+    else:
+        smallest = s1.min() + s2.min()
+        tail = _numpy_fastmls_tail(eps, attention_only, need_eps=smallest + eps != smallest)
 
-    def tail(tile, a, b):
-        mutual = _scratch(len(tile), len(b), dtype)
+    def fill(start, stop):
+        block = out[start:stop]
+        np.matmul(left[start:stop], right_t, out=block)  # 2(cos - 1) = -(2(1 - cos))
+        tail(block, s1[start:stop], s2)
+
+    _run_blocks(mu1.shape[0], fill, block_rows, threads)
+    return out
+
+
+_TILE_ROWS = 16  # rows of the elementwise tail at a time: 16 x 10k float32 = 640 KB, about an L2 cache
+_local = threading.local()
+
+
+def _numpy_fastmls_tail(eps, attention_only: bool, need_eps: bool):
+    """The FastMLS tail as NumPy passes over tiles of ``_TILE_ROWS`` rows, in a per-thread scratch buffer:
+    ``block / (eps + a_i + b_j) - log(a_i + b_j)``, the eps skipped when it cannot change any sum."""
+    def tile_tail(tile, a, b):
+        mutual = _scratch(len(tile), len(b), tile.dtype)
         np.add(a[:, None], b[None, :], out=mutual)
         if attention_only or need_eps:
             log_mutual = None if attention_only else np.log(mutual)
@@ -232,23 +251,11 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
         np.log(mutual, out=mutual)
         tile -= mutual
 
-    compiled = fastmls_tail.usable(s1, s2)
+    def tail(block, a, b):
+        for r in range(0, len(block), _TILE_ROWS):
+            tile_tail(block[r:r + _TILE_ROWS], a[r:r + _TILE_ROWS], b)
 
-    def fill(start, stop):
-        block = out[start:stop]
-        np.matmul(left[start:stop], right_t, out=block)  # 2(cos - 1) = -(2(1 - cos))
-        if compiled:
-            fastmls_tail.apply(block, s1[start:stop], s2, eps, attention_only)
-            return
-        for r in range(start, stop, _TILE_ROWS):
-            tail(block[r - start:r - start + _TILE_ROWS], s1[r:min(r + _TILE_ROWS, stop)], s2)
-
-    _run_blocks(mu1.shape[0], fill, block_rows, threads)
-    return out
-
-
-_TILE_ROWS = 16  # rows of the elementwise tail at a time: 16 x 10k float32 = 640 KB, about an L2 cache
-_local = threading.local()
+    return tail
 
 
 def _scratch(rows: int, cols: int, dtype) -> np.ndarray:
