@@ -24,7 +24,7 @@ setup(
         # llvmlite compiles the per-entry FastMLS tail of all-pairs scoring; without it NumPy does the same work
         "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
-        "dev": ["pytest>=7", "scipy>=1.10", "opencv-python-headless>=4.8"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "opencv-python-headless>=4.8"],
     },
     entry_points={
         "console_scripts": [
