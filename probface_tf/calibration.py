@@ -72,6 +72,19 @@ class Calibration:
             reject = {_key(r): float(np.quantile(fused, 1.0 - r)) for r in reject_fractions}
         return cls(thresholds, reject, int(issame.size), int((~issame).sum()), source)
 
+    @classmethod
+    def from_score_arrays(cls, arrays: list[dict], source: str = "") -> "Calibration":
+        """Pooled over datasets, from each one's per-pair arrays (the ``scores.npz`` columns: ``issame``,
+        ``cosine``, ``fastmls`` or ``mls``, ``sigma_sq_1``, ``sigma_sq_2``)."""
+        if not arrays:
+            raise CalibrationError(f"{source}: no evaluated pairs to calibrate on")
+        names = [k for k in ("fastmls", "mls", "cosine") if all(k in a for a in arrays)]
+        pooled = {k: np.concatenate([np.asarray(a[k]).reshape(len(a["issame"]), -1) if k.startswith("sigma")
+                                     else np.ravel(a[k]) for a in arrays])
+                  for k in ("issame", *names, "sigma_sq_1", "sigma_sq_2") if all(k in a for a in arrays)}
+        scores = {("fastmls" if k == "mls" else k): pooled[k] for k in names}  # one key for the MLS score
+        return cls.from_pairs(pooled["issame"], scores, pooled.get("sigma_sq_1"), pooled.get("sigma_sq_2"), source)
+
     # -------------------------------------------------------------------------------------------- persistence
     def to_dict(self) -> dict:
         measured = {_key(f): self.impostors * float(f) >= 1.0 for f in next(iter(self.thresholds.values()), {})}

@@ -91,11 +91,12 @@ def embed_photos(model, photos, largest_face: bool = False, progress: bool = Fal
               "box": np.array([f.box for *_, f in faces]).reshape(-1, 4),
               "landmarks": np.array([f.landmarks for *_, f in faces]).reshape(-1, 5, 2),
               "score": np.array([f.score for *_, f in faces]),
-              "mu": np.array([f.mu for *_, f in faces], np.float32).reshape(-1, dim),
+              "mu": np.array([f.mu for *_, f in faces], np.float32).reshape(len(faces), dim),
               "skipped_path": np.array([p for p, _ in skipped], dtype=str),
               "skipped_reason": np.array([r for _, r in skipped], dtype=str)}
     if model.has_sigma:
-        arrays["sigma_sq"] = np.array([f.sigma_sq for *_, f in faces], np.float32).reshape(len(faces), -1)
+        width = faces[0][2].sigma_sq.size if faces else 1
+        arrays["sigma_sq"] = np.array([f.sigma_sq for *_, f in faces], np.float32).reshape(len(faces), width)
     return arrays, skipped, timings
 
 
