@@ -227,15 +227,16 @@ def _check_keras_archive(path: str) -> None:
         raise ModelLoadError(f"--model {path}: a directory named .keras; expected a .keras file")
     size = os.path.getsize(path)
     if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"--model {path}: truncated or corrupt .keras file ({size} bytes, not a complete "
-                             f"zip archive); copy or save the model again")
+        raise ModelLoadError(f"--model {path}: cannot load the Keras model: truncated or corrupt .keras file "
+                             f"({size} bytes, not a complete zip archive); copy or save the model again")
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         bad = f"{type(exc).__name__}: {exc}"
     if bad is not None:
-        raise ModelLoadError(f"--model {path}: corrupt .keras file ({size} bytes; damaged member {bad})")
+        raise ModelLoadError(f"--model {path}: cannot load the Keras model: corrupt .keras file ({size} bytes; "
+                             f"damaged member {bad})")
 
 
 # ------------------------------------------------------------------------------------------------ TF1 checkpoint
