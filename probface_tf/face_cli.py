@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -80,12 +79,10 @@ def _detect_all(model, photos, largest_face: bool, timings: dict, progress: bool
 
 def embed_photos(model, photos, largest_face: bool = False, progress: bool = False) -> tuple[dict, list, dict]:
     """(arrays for faces.npz, [(path, reason)] of skipped photos, seconds per stage: decode, detect, align,
-    embed). Faces are embedded in batches of ``model.batch_size``."""
-    timings = {"decode": 0.0, "detect": 0.0, "align": 0.0, "embed": 0.0}
+    preprocess, model). Faces are embedded in batches of ``model.batch_size``."""
+    timings = dict.fromkeys(("decode", "detect", "align", "preprocess", "model"), 0.0)
     faces, skipped = _detect_all(model, photos, largest_face, timings, progress)
-    start = time.perf_counter()
-    model.embed_faces([f for _, _, f in faces])
-    timings["embed"] = time.perf_counter() - start
+    model.embed_faces([f for _, _, f in faces], timings)
     dim = faces[0][2].mu.shape[-1] if faces else 0
     arrays = {"path": np.array([p for p, _, _ in faces], dtype=str), "face_index": np.array([i for _, i, _ in faces]),
               "box": np.array([f.box for *_, f in faces]).reshape(-1, 4),
