@@ -293,3 +293,23 @@ def test_cli_verify_prints_faces_scores_and_decision(model_path, tmp_path, capsy
     assert comparison["decision"] == "same" and comparison["fmr"] == 0.01
     assert face_cli.main(["verify", str(tmp_path / "a.jpg"), "--model", model_path]) == 1
     assert "two photos" in capsys.readouterr().err
+
+
+def test_export_metadata_calibration_is_used(model, astronaut_faces, tmp_path, rng):
+    from probface_tf.export import METADATA_FILE, export_saved_model
+    from references import tiny_probface
+
+    path = export_saved_model(tiny_probface(), str(tmp_path / "export"))
+    issame, scores, s1, s2 = _pairs(rng)
+    calib = Calibration.from_pairs(issame, scores, s1, s2, source="lfw.bin")
+    asset = os.path.join(path, "assets", METADATA_FILE)
+    with open(asset, encoding="utf-8") as f:
+        metadata = json.load(f)
+    with open(asset, "w", encoding="utf-8") as f:
+        json.dump({**metadata, **calib.to_metadata()}, f)
+    loaded = pf.load(str(tmp_path / "export"), detector=model.detector)  # the export base: newest version
+    assert loaded.engine.kind == "saved_model" and loaded.calibration.thresholds == calib.thresholds
+    out = loaded.embed(astronaut_faces[0].crop)
+    assert out["mu"].shape == (1, 16) and out["sigma_sq"].shape == (1, 1)
+    same = loaded.compare(out, out, score="cosine")
+    assert same.decision == "same" and same.threshold == calib.threshold("cosine", 1e-3)
