@@ -81,7 +81,7 @@ def _check_flags() -> list[str]:
 
 
 def _load_models(labels: list[str]) -> list:
-    from probface_tf.eval.model_loader import load_model
+    from probface_tf.loading import load
     from probface_tf.train.distribute import make_strategy
 
     # Feature extraction under a tf.distribute strategy: models are loaded in its scope (mirrored variables) and
@@ -91,7 +91,7 @@ def _load_models(labels: list[str]) -> list:
     models = []
     for path, config, label in zip(FLAGS.model, configs, labels):
         with strategy.scope():
-            model = load_model(path, config or None, FLAGS.compute_dtype)
+            model = load(path, config=config or None, compute_dtype=FLAGS.compute_dtype, detector=None).engine
         model.distribute(strategy)
         if FLAGS.method or len(labels) > 1:  # a lone model keeps its own name unless --method says otherwise
             model.label = label
@@ -116,13 +116,20 @@ def main(argv):
 
 def _bins(labels, echo) -> None:
     from probface_tf.eval.compare import evaluate_methods
-    from probface_tf.eval.runner import evaluate_bins, resolve_bins
+    from probface_tf.calibration import Calibration
+    from probface_tf.eval.runner import evaluate_bin, report_results, resolve_bins
 
     paths = resolve_bins(FLAGS.bin, FLAGS.bin_dir, FLAGS.targets, FLAGS.skip_missing)
     models = _load_models(labels)
     if len(models) == 1:
         out = FLAGS.out or _default_out(FLAGS.model[0])
-        evaluate_bins(models[0], paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
+        pairs = []  # each dataset's per-pair arrays, kept for calibration.json
+        evaluated = (pairs.append(r[1]) or r for r in (evaluate_bin(models[0], p, FLAGS.batch_size, FLAGS.fusion)
+                                                        for p in paths))
+        report_results(models[0], evaluated, out, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
+        Calibration.from_score_arrays(pairs, ",".join(os.path.basename(p) for p in paths)).save(
+            os.path.join(out, "calibration.json"))
+        echo("wrote %s (decision thresholds for probface verify)" % os.path.join(out, "calibration.json"))
     else:
         out = FLAGS.out or _default_out("compare")
         evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)

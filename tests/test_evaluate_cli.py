@@ -251,6 +251,18 @@ def test_cli_outputs_and_refused_bin(data, tmp_path):
     payload = json.loads((out / "results.json").read_text())
     assert [d["name"] for d in payload["datasets"]] == ["lfw", "cfp_fp"]
     assert payload["datasets"][1]["pairs"] == 40
+    # calibration.json: thresholds recomputed from the pooled pairs of both sets (sorted impostor scores)
+    calibration = json.loads((out / "calibration.json").read_text())
+    pooled = [dict(np.load(out / name / "scores.npz")) for name in ("lfw", "cfp_fp")]
+    issame = np.concatenate([p["issame"] for p in pooled])
+    for score in ("fastmls", "cosine"):
+        impostors = np.sort(np.concatenate([p[score] for p in pooled])[~issame])[::-1]
+        for fmr in ("0.01", "0.001", "0.0001"):
+            expected = impostors[int(np.floor(float(fmr) * impostors.size))]
+            assert calibration["fmr_thresholds"][score][fmr] == pytest.approx(expected, abs=1e-6)
+    fused = np.concatenate([(p["sigma_sq_1"] + p["sigma_sq_2"]).ravel() for p in pooled])
+    assert calibration["reject_sigma_sq"]["0.1"] == pytest.approx(np.quantile(fused, 0.9), abs=1e-6)
+    assert calibration["pairs"] == 100 and calibration["impostors"] == int((~issame).sum())
 
     (tmp_path / "evil.bin").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     refused_out = tmp_path / "refused_out"
