@@ -36,6 +36,14 @@ flags.DEFINE_string("templates", None, "template list (template_id,image_path ro
 flags.DEFINE_string("template_pairs", None, "template_id_1,template_id_2,label rows (with --templates)")
 flags.DEFINE_string("image_root", None, "folder the --templates image paths are relative to (default: the "
                     "list's folder)")
+flags.DEFINE_enum("ijb", None, ["ijba", "ijbc"], "the original's IJB-A (10 splits) / IJB-C 1:1 protocol; with "
+                  "--ijb_images (aligned images) and --ijb_proto (the protocol folder, files unchanged)")
+flags.DEFINE_string("ijb_images", None, "aligned IJB images (IJB-A: <dir>/frame|img/<id>.*, IJB-C: <dir>/<subject>/"
+                    "img_<id>.*)")
+flags.DEFINE_string("ijb_proto", None, "IJB protocol folder (IJB-A: holds IJB-A_11_sets/; IJB-C: the ijbc_*.csv)")
+flags.DEFINE_enum("template_fusion", "original", ["original", "pfe"], "--ijb template fusion: the original's "
+                  "temperature-weighted pooling (T in 1, 0.5, 2) and mean of [mu, sigma_sq], or PFE's precision-"
+                  "weighted fusion")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
@@ -63,7 +71,10 @@ def _check_flags() -> list[str]:
 
     if not FLAGS.model:
         raise app.UsageError("--model is required")
-    if FLAGS.templates is not None or FLAGS.template_pairs is not None:
+    if FLAGS.ijb is not None:
+        if not (FLAGS.ijb_images and FLAGS.ijb_proto) or FLAGS.bin or FLAGS.bin_dir or FLAGS.templates:
+            raise app.UsageError("--ijb needs --ijb_images DIR and --ijb_proto DIR and no --bin/--bin_dir/--templates")
+    elif FLAGS.templates is not None or FLAGS.template_pairs is not None:
         if not (FLAGS.templates and FLAGS.template_pairs):
             raise app.UsageError("--templates LIST_OR_DIR and --template_pairs FILE go together")
         if FLAGS.bin or FLAGS.bin_dir:
@@ -108,7 +119,9 @@ def main(argv):
 
     echo = lambda text: print(text, flush=True)  # noqa: E731
     with fail_cleanly("evaluate.py"):
-        if FLAGS.templates:
+        if FLAGS.ijb:
+            _ijb(labels, echo)
+        elif FLAGS.templates:
             _templates(labels, echo)
         else:
             _bins(labels, echo)
@@ -138,6 +151,15 @@ def _templates(labels, echo) -> None:
     out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-templates")
     run_templates(models, protocol, out, folder_names([m.name for m in models]), FLAGS.batch_size,
                   FLAGS.save_scores, echo)
+
+
+def _ijb(labels, echo) -> None:
+    from probface_tf.eval.ijb import load_protocol, run_ijb
+
+    protocol = load_protocol(FLAGS.ijb, FLAGS.ijb_images, FLAGS.ijb_proto)
+    models = _load_models(labels)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-" + FLAGS.ijb)
+    run_ijb(models, protocol, out, FLAGS.batch_size, FLAGS.template_fusion, echo)
 
 
 def _dashed_aliases(argv):
