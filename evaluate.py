@@ -44,6 +44,9 @@ flags.DEFINE_string("ijb_proto", None, "IJB protocol folder (IJB-A: holds IJB-A_
 flags.DEFINE_enum("template_fusion", "original", ["original", "pfe"], "--ijb template fusion: the original's "
                   "temperature-weighted pooling (T in 1, 0.5, 2) and mean of [mu, sigma_sq], or PFE's precision-"
                   "weighted fusion")
+flags.DEFINE_string("lfw_dir", None, "LFW image folder (aligned, any nesting): the original's eval_lfw.py with "
+                    "--lfw_pairs; images are uint8 files, so no contrast stretch (the .bin path stretches)")
+flags.DEFINE_string("lfw_pairs", None, "the standard LFW pairs.txt (with --lfw_dir)")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
@@ -71,7 +74,10 @@ def _check_flags() -> list[str]:
 
     if not FLAGS.model:
         raise app.UsageError("--model is required")
-    if FLAGS.ijb is not None:
+    if FLAGS.lfw_dir is not None or FLAGS.lfw_pairs is not None:
+        if not (FLAGS.lfw_dir and FLAGS.lfw_pairs) or FLAGS.bin or FLAGS.bin_dir or FLAGS.templates or FLAGS.ijb:
+            raise app.UsageError("--lfw_dir DIR and --lfw_pairs FILE go together, without --bin/--templates/--ijb")
+    elif FLAGS.ijb is not None:
         if not (FLAGS.ijb_images and FLAGS.ijb_proto) or FLAGS.bin or FLAGS.bin_dir or FLAGS.templates:
             raise app.UsageError("--ijb needs --ijb_images DIR and --ijb_proto DIR and no --bin/--bin_dir/--templates")
     elif FLAGS.templates is not None or FLAGS.template_pairs is not None:
@@ -119,7 +125,9 @@ def main(argv):
 
     echo = lambda text: print(text, flush=True)  # noqa: E731
     with fail_cleanly("evaluate.py"):
-        if FLAGS.ijb:
+        if FLAGS.lfw_dir:
+            _lfw_pairs(labels, echo)
+        elif FLAGS.ijb:
             _ijb(labels, echo)
         elif FLAGS.templates:
             _templates(labels, echo)
@@ -160,6 +168,15 @@ def _ijb(labels, echo) -> None:
     models = _load_models(labels)
     out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-" + FLAGS.ijb)
     run_ijb(models, protocol, out, FLAGS.batch_size, FLAGS.template_fusion, echo)
+
+
+def _lfw_pairs(labels, echo) -> None:
+    from probface_tf.eval.lfw_pairs import load_lfw_pairs, run_lfw_pairs
+
+    pairs = load_lfw_pairs(FLAGS.lfw_dir, FLAGS.lfw_pairs)
+    models = _load_models(labels)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-lfw_pairs")
+    run_lfw_pairs(models, pairs, out, FLAGS.batch_size, echo)
 
 
 def _dashed_aliases(argv):
