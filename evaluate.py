@@ -50,6 +50,9 @@ flags.DEFINE_string("lfw_pairs", None, "the standard LFW pairs.txt (with --lfw_d
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
+flags.DEFINE_enum("sigma_dims", "original", ["original", "full"], "a D-dim sigma_sq on .bin sets: 'original' "
+                  "scores FastMLS on its first column and takes the risk percentile over all P x D values (the "
+                  "original's verification scripts); 'full' uses D-dim MLS and the per-image harmonic mean")
 flags.DEFINE_string("out", None, "output folder (default log/eval/<model>-<timestamp>)")
 flags.DEFINE_boolean("save_scores", False, "also write per-pair scores (.npz) into --out (alias --save-scores)")
 flags.DEFINE_boolean("plots", True, "write the PNG figures")
@@ -143,7 +146,8 @@ def _bins(labels, echo) -> None:
     models = _load_models(labels)
     if len(models) == 1:
         out = FLAGS.out or _default_out(FLAGS.model[0])
-        evaluate_bins(models[0], paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
+        evaluate_bins(models[0], paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo,
+                      FLAGS.sigma_dims)
     else:
         out = FLAGS.out or _default_out("compare")
         evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
