@@ -47,6 +47,8 @@ flags.DEFINE_enum("template_fusion", "original", ["original", "pfe"], "--ijb tem
 flags.DEFINE_string("lfw_dir", None, "LFW image folder (aligned, any nesting): the original's eval_lfw.py with "
                     "--lfw_pairs; images are uint8 files, so no contrast stretch (the .bin path stretches)")
 flags.DEFINE_string("lfw_pairs", None, "the standard LFW pairs.txt (with --lfw_dir)")
+flags.DEFINE_string("explain", None, "image file or folder: write Grad-CAM panels [image | sigma_sq | mu] of the "
+                    ".keras --model into --out (the original's Grad-CAM tool)")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
@@ -77,7 +79,10 @@ def _check_flags() -> list[str]:
 
     if not FLAGS.model:
         raise app.UsageError("--model is required")
-    if FLAGS.lfw_dir is not None or FLAGS.lfw_pairs is not None:
+    if FLAGS.explain is not None:
+        if len(FLAGS.model) != 1:
+            raise app.UsageError("--explain takes one --model")
+    elif FLAGS.lfw_dir is not None or FLAGS.lfw_pairs is not None:
         if not (FLAGS.lfw_dir and FLAGS.lfw_pairs) or FLAGS.bin or FLAGS.bin_dir or FLAGS.templates or FLAGS.ijb:
             raise app.UsageError("--lfw_dir DIR and --lfw_pairs FILE go together, without --bin/--templates/--ijb")
     elif FLAGS.ijb is not None:
@@ -128,7 +133,12 @@ def main(argv):
 
     echo = lambda text: print(text, flush=True)  # noqa: E731
     with fail_cleanly("evaluate.py"):
-        if FLAGS.lfw_dir:
+        if FLAGS.explain:
+            from probface_tf.eval.explain import explain_model_file
+
+            explain_model_file(FLAGS.model[0], FLAGS.explain, FLAGS.out or _default_out(FLAGS.model[0] + "-explain"),
+                               (FLAGS.config or [None])[0] or None, echo)
+        elif FLAGS.lfw_dir:
             _lfw_pairs(labels, echo)
         elif FLAGS.ijb:
             _ijb(labels, echo)
