@@ -217,3 +217,39 @@ def test_temperature_weights_sum_to_one_and_sharpen():
     assert fusion.temperature_weights(s, ids, 0.5)[0, 0] > fusion.temperature_weights(s, ids, 2)[0, 0]
     with pytest.raises(fusion.FusionError, match="temperature"):
         fusion.temperature_weights(s, ids, 0)
+
+
+def test_run_ijb_extracts_files_and_writes_results(tmp_path):
+    import json
+
+    from probface_tf.eval.model_loader import wrap_keras_model
+    from references import png_bytes, tiny_probface
+
+    rng = np.random.default_rng(8)
+    rows, faces = [], {}
+    for t in range(1, 9):
+        subject = 10 + (t - 1) // 2
+        for k in range(2):
+            name = "%d_%d" % (t, k)
+            face = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+            path = tmp_path / "images" / str(subject) / ("img_%s.png" % name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png_bytes(face))
+            faces[str(path)] = face
+            rows.append("%d,%d,img/%s.jpg,1" % (t, subject, name))
+    for name in ijb.IJBC_FILES:
+        _write(str(tmp_path / "proto" / name), ["TEMPLATE_ID,SUBJECT_ID,FILENAME,MEDIA"] + (rows if "G1" in name else []))
+    _write(str(tmp_path / "proto" / ijb.IJBC_PAIRS), ["%d,%d" % (a, b) for a in range(1, 9) for b in range(a + 1, 9)])
+    protocol = ijb.load_ijbc(str(tmp_path / "images"), str(tmp_path / "proto"))
+    protocol.fars = (0.1, 0.5)
+    model = tiny_probface(2)
+    results = ijb.run_ijb([wrap_keras_model(model)], protocol, str(tmp_path / "out"), echo=lambda _: None)
+    x = np.stack([faces[p] for p in protocol.images]).astype(np.float32)
+    out = model((x - 128) / 128, training=False)  # 32 x 32 images: the default preprocessing only standardizes
+    expected = ijb.evaluate_features(out["mu"].numpy(), out["sigma_sq"].numpy(), protocol)
+    assert list(results[0]["table"]) == list(expected)
+    for name, row in expected.items():
+        np.testing.assert_allclose(results[0]["table"][name]["tar"], row["tar"], atol=1e-9, err_msg=name)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["protocol"] == "ijbc" and saved["methods"][0]["fusion"] == "original"
+    assert "mls_T0.5" in (tmp_path / "out" / "results.md").read_text()
