@@ -26,7 +26,8 @@ def test_roots_are_merged_with_shifted_labels(tmp_path):
     for root in (a, b):
         names = sorted(os.listdir(root))
         for label, name in enumerate(names):
-            expected += [(os.path.join(root, name, f), base + label) for f in sorted(os.listdir(os.path.join(root, name)))]
+            files = sorted(os.listdir(os.path.join(root, name)))
+            expected += [(os.path.join(root, name, f), base + label) for f in files]
         base += len(names)
     assert [(str(s), int(l)) for s, l in zip(merged.sources, merged.labels)] == expected
     assert merged.num_classes == 5 and merged.class_names == ["amy", "bob", "cat", "dan", "zed"]

@@ -238,7 +238,8 @@ def test_run_ijb_extracts_files_and_writes_results(tmp_path):
             faces[str(path)] = face
             rows.append("%d,%d,img/%s.jpg,1" % (t, subject, name))
     for name in ijb.IJBC_FILES:
-        _write(str(tmp_path / "proto" / name), ["TEMPLATE_ID,SUBJECT_ID,FILENAME,MEDIA"] + (rows if "G1" in name else []))
+        header = ["TEMPLATE_ID,SUBJECT_ID,FILENAME,MEDIA"]
+        _write(str(tmp_path / "proto" / name), header + (rows if "G1" in name else []))
     _write(str(tmp_path / "proto" / ijb.IJBC_PAIRS), ["%d,%d" % (a, b) for a in range(1, 9) for b in range(a + 1, 9)])
     protocol = ijb.load_ijbc(str(tmp_path / "images"), str(tmp_path / "proto"))
     protocol.fars = (0.1, 0.5)

@@ -56,7 +56,8 @@ def check_args(name: str, args: tuple, pos: int) -> tuple:
         raise PreprocessError(f"preprocessing op #{pos} '{name}': arguments must be non-negative numbers, got "
                               f"{list(args)!r}")
     if name == "random_downsample" and not 0 < args[0] <= 1:
-        raise PreprocessError(f"preprocessing op #{pos} 'random_downsample': min_ratio must be in (0, 1], got {args[0]}")
+        raise PreprocessError(f"preprocessing op #{pos} 'random_downsample': min_ratio must be in (0, 1], "
+                              f"got {args[0]}")
     if name == "cutout" and int(args[1]) != args[1]:
         raise PreprocessError(f"preprocessing op #{pos} 'cutout': n_holes must be an integer, got {args[1]!r}")
     return args

@@ -219,7 +219,8 @@ def split_scores(mu, sigma_sq, split: IjbSplit, fusion_mode: str = "original",
         scores["mean"] = _scored(split, ids, lambda a, b: _neg_sq_distance(feats[a], feats[b]))
         for temp in temperatures:
             ids, fmu, fs = fusion.fuse_templates_temperature(mu_rows, s_rows, t, temp)
-            scores["uncertainty_pooling_T%g" % temp] = _scored(split, ids, lambda a, b: _neg_sq_distance(fmu[a], fmu[b]))
+            scores["uncertainty_pooling_T%g" % temp] = _scored(split, ids,
+                                                               lambda a, b: _neg_sq_distance(fmu[a], fmu[b]))
             scores["mls_T%g" % temp] = _scored(
                 split, ids, lambda a, b: scoring.probabilistic_scores(fmu[a], fs[a], fmu[b], fs[b]))
         return scores
@@ -250,7 +251,8 @@ def result_lines(table: dict) -> list[str]:
     lines = []
     for name, row in table.items():
         lines.append("---- " + name)
-        lines += ["TAR: {:.5} +- {:.5} FAR: {:.5}".format(t, s, f) for t, s, f in zip(row["tar"], row["std"], row["far"])]
+        lines += ["TAR: {:.5} +- {:.5} FAR: {:.5}".format(t, s, f)
+                  for t, s, f in zip(row["tar"], row["std"], row["far"])]
     return lines
 
 

@@ -180,7 +180,8 @@ def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 12
                   save_scores: bool = False, plots: bool = True, echo=print, sigma_dims: str = "full") -> list[dict]:
     """Evaluate every .bin, echo the original text block of each, and write results.json, results.md, the
     figures and (``save_scores``) ``<name>/scores.npz`` into ``out_dir``."""
-    evaluated = (evaluate_bin(model, path, batch_size, fusion, sigma_dims=sigma_dims) for path in paths)  # lazily: echo as each ends
+    # lazily: echo as each ends
+    evaluated = (evaluate_bin(model, path, batch_size, fusion, sigma_dims=sigma_dims) for path in paths)
     return report_results(model, evaluated, out_dir, fusion, save_scores, plots, echo)
 
 
