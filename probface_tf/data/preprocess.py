@@ -17,6 +17,10 @@ original NumPy/SciPy pipeline number for number:
 * ``random_flip`` (left-right with probability 1/2 per image), ``standardize`` (``'mean_scale'``:
   ``(x - 128) / 128``, ``'scale'``: ``x / 255``), ``center_crop``, ``random_crop`` and ``padding``.
 
+The original's other registered ops (``random_shift``, ``random_downsample``, ``random_interpolate``,
+``expand_flip``, ``five_crop``, ``ten_crop``, ``cutout``, ``rotate``, ``gaussian_blur``) are in
+``probface_tf.data.augment``.
+
 An op list is the original config form, e.g. ``[['resize', (96, 96)], ['random_flip'], ['standardize',
 'mean_scale']]``, applied in order.
 """
