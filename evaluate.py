@@ -63,6 +63,8 @@ def _check_flags() -> list[str]:
 
     if not FLAGS.model:
         raise app.UsageError("--model is required")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
     if FLAGS.templates is not None or FLAGS.template_pairs is not None:
         if not (FLAGS.templates and FLAGS.template_pairs):
             raise app.UsageError("--templates LIST_OR_DIR and --template_pairs FILE go together")
@@ -116,26 +118,30 @@ def main(argv):
 
 def _bins(labels, echo) -> None:
     from probface_tf.eval.compare import evaluate_methods
+    from probface_tf.eval.preflight import check_both_classes, check_out_dir
     from probface_tf.eval.runner import evaluate_bins, resolve_bins
 
     paths = resolve_bins(FLAGS.bin, FLAGS.bin_dir, FLAGS.targets, FLAGS.skip_missing)
+    out = FLAGS.out or _default_out(FLAGS.model[0] if len(labels) == 1 else "compare")
+    check_out_dir(out)  # before the extraction: nothing computed is lost to a bad --out
+    check_both_classes(paths)
     models = _load_models(labels)
     if len(models) == 1:
-        out = FLAGS.out or _default_out(FLAGS.model[0])
         evaluate_bins(models[0], paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
     else:
-        out = FLAGS.out or _default_out("compare")
         evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
 
 
 def _templates(labels, echo) -> None:
     from probface_tf.eval.compare import folder_names
+    from probface_tf.eval.preflight import check_out_dir
     from probface_tf.eval.template_protocol import load_protocol
     from probface_tf.eval.templates import run_templates
 
     protocol = load_protocol(FLAGS.templates, FLAGS.template_pairs, FLAGS.image_root)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(labels) == 1 else "compare") + "-templates")
+    check_out_dir(out)
     models = _load_models(labels)
-    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-templates")
     run_templates(models, protocol, out, folder_names([m.name for m in models]), FLAGS.batch_size,
                   FLAGS.save_scores, echo)
 
