@@ -39,6 +39,7 @@ from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_r
 from probface_tf.train.loop import NonFiniteLossError, configure_runtime
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.preflight import preflight
+from probface_tf.train.run_lock import unlock_run
 from probface_tf.train.run_record import record_resume
 from probface_tf.train.schedule import learning_rate_at
 
@@ -259,7 +260,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
     configure_runtime(cfg)
     data = _open_data(cfg)
-    preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
+    locked = preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
     num_classes = _num_classes(cfg, data)
     chief = is_chief(strategy)
     if run_dir is None:
@@ -320,6 +321,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
+    unlock_run(locked)
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": trainer.backbone}
 
 

@@ -34,6 +34,7 @@ from probface_tf.train.distribute import distribute_batch, distributed_function,
     run, strategy_from_config, worker_scratch_dir
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.preflight import preflight
+from probface_tf.train.run_lock import unlock_run
 from probface_tf.train.run_record import record_resume
 from probface_tf.train.schedule import learning_rate_at
 
@@ -348,7 +349,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     notes = check_inputs(cfg)
     for note in notes:
         print(note, file=sys.stderr, flush=True)
-    preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
+    locked = preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
     if resume:
         run_dir, note = _resume_target(cfg, run_dir)
         notes.append(note)
@@ -439,6 +440,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
             bar.close()
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
+    unlock_run(locked)
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": model}
 
 

@@ -39,8 +39,10 @@ def lock_run(run_dir: str) -> str:
     return path
 
 
-def unlock_run(run_dir: str) -> None:
-    """Release this process's lock of ``run_dir`` (nothing if it holds none)."""
+def unlock_run(run_dir: str | None) -> None:
+    """Release this process's lock of ``run_dir`` (nothing if it holds none, or for None)."""
+    if run_dir is None:
+        return
     fd = _held.pop(os.path.realpath(run_dir), None)
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
