@@ -89,9 +89,11 @@ def test_unreadable_restore_model_and_dataset(data, tmp_path):
         preflight(_cfg(data, tmp_path, f"train_dataset_path={str(tmp_path / 'empty')!r}"))
 
 
-def test_second_resume_of_a_run_is_refused_while_the_first_lives(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
+def test_second_resume_of_a_run_is_refused_while_the_first_lives(data, tmp_path):
+    cfg = _cfg(data, tmp_path)
+    run = tmp_path / "log" / cfg.name / "20260101-000000"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\n')
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from probface_tf.train.run_lock import lock_run; "
          "lock_run(sys.argv[1]); print('held', flush=True); time.sleep(600)", str(run)],
@@ -99,7 +101,7 @@ def test_second_resume_of_a_run_is_refused_while_the_first_lives(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
-            lock_run(str(run))
+            preflight(cfg, resume=True)  # --resume finds the newest run, the one being trained
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
