@@ -82,6 +82,8 @@ def _check_flags() -> list[str]:
 
     if not FLAGS.model:
         raise app.UsageError("--model is required")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
     if FLAGS.explain is not None:
         if len(FLAGS.model) != 1:
             raise app.UsageError("--explain takes one --model")
@@ -154,12 +156,15 @@ def main(argv):
 def _bins(labels, echo) -> None:
     from probface_tf.eval.compare import evaluate_methods
     from probface_tf.calibration import Calibration
+    from probface_tf.eval.preflight import check_both_classes, check_out_dir
     from probface_tf.eval.runner import evaluate_bin, report_results, resolve_bins
 
     paths = resolve_bins(FLAGS.bin, FLAGS.bin_dir, FLAGS.targets, FLAGS.skip_missing)
+    out = FLAGS.out or _default_out(FLAGS.model[0] if len(labels) == 1 else "compare")
+    check_out_dir(out)  # before the extraction: nothing computed is lost to a bad --out
+    check_both_classes(paths)
     models = _load_models(labels)
     if len(models) == 1:
-        out = FLAGS.out or _default_out(FLAGS.model[0])
         pairs = []  # each dataset's per-pair arrays, kept for calibration.json
 
         def evaluated():  # lazily, so each dataset's text is echoed as it ends
@@ -173,37 +178,42 @@ def _bins(labels, echo) -> None:
             os.path.join(out, "calibration.json"))
         echo("wrote %s (decision thresholds for probface verify)" % os.path.join(out, "calibration.json"))
     else:
-        out = FLAGS.out or _default_out("compare")
         evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
 
 
 def _templates(labels, echo) -> None:
     from probface_tf.eval.compare import folder_names
+    from probface_tf.eval.preflight import check_out_dir
     from probface_tf.eval.template_protocol import load_protocol
     from probface_tf.eval.templates import run_templates
 
     protocol = load_protocol(FLAGS.templates, FLAGS.template_pairs, FLAGS.image_root)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(labels) == 1 else "compare") + "-templates")
+    check_out_dir(out)
     models = _load_models(labels)
-    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-templates")
     run_templates(models, protocol, out, folder_names([m.name for m in models]), FLAGS.batch_size,
                   FLAGS.save_scores, echo)
 
 
 def _ijb(labels, echo) -> None:
     from probface_tf.eval.ijb import load_protocol, run_ijb
+    from probface_tf.eval.preflight import check_out_dir
 
     protocol = load_protocol(FLAGS.ijb, FLAGS.ijb_images, FLAGS.ijb_proto)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(labels) == 1 else "compare") + "-" + FLAGS.ijb)
+    check_out_dir(out)
     models = _load_models(labels)
-    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-" + FLAGS.ijb)
     run_ijb(models, protocol, out, FLAGS.batch_size, FLAGS.template_fusion, echo)
 
 
 def _lfw_pairs(labels, echo) -> None:
     from probface_tf.eval.lfw_pairs import load_lfw_pairs, run_lfw_pairs
+    from probface_tf.eval.preflight import check_out_dir
 
     pairs = load_lfw_pairs(FLAGS.lfw_dir, FLAGS.lfw_pairs)
+    out = FLAGS.out or _default_out((FLAGS.model[0] if len(labels) == 1 else "compare") + "-lfw_pairs")
+    check_out_dir(out)
     models = _load_models(labels)
-    out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-lfw_pairs")
     run_lfw_pairs(models, pairs, out, FLAGS.batch_size, echo)
 
 
