@@ -29,7 +29,12 @@ batch_size = 64
 epoch_size = 250
 num_epochs = 6
 lr = 1e-3
-learning_rate_schedule = {0: lr, 1000: 0.1 * lr}
+
+
+def learning_rate_schedule(c):
+    return {0: c.lr, 1000: 0.1 * c.lr}
+
+
 weight_decay = 5e-4
 checkpoint_interval = 250
 eval_batch_size = 128

@@ -19,23 +19,12 @@ ProbFace on that backbone is like for like; about 3-4 minutes on 2 CPU cores. Th
 (ArcFace's angular margin), with the demo's moderate values instead of ArcFace's s = 64, m = 0.5, for the same
 reason the demo uses CosFace: from scratch on this small network the large margin needs far longer.
 """
+from demo_data import *  # noqa: F401,F403  (the demo's data and network)
+
 stage = 'backbone'
 name = 'scaleface_demo'
 log_base_dir = './log/'
 summary_interval = 100
-
-# The demo's data and architecture (tests/test_baseline_configs.py checks they match configs/demo.py).
-synthetic = {'root': 'data/demo_synth', 'num_identities': 600, 'images_per_identity': 10, 'seed': 0,
-             'image_size': 48, 'bin_pairs': 2000, 'split': 0.2}
-train_dataset_path = 'data/demo_synth/train'
-test_bin_paths = ['data/demo_synth/synth_val.bin']
-test_targets = []
-image_size = [32, 32]
-embedding_network = 'resface64_relu'
-backbone_filters = [16, 32, 64, 128]
-backbone_blocks = [1, 1, 1, 1]
-embedding_size = 128
-eval_batch_size = 256
 
 margin_loss = 'scaleface'
 margin_s = 32.0  # upper bound of the learned scale (the demo's fixed CosFace scale)

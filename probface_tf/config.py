@@ -2,16 +2,28 @@
 
 The keys keep the original ProbFace names (``image_size``, ``loss_weights``, ``restore_model`` ...) so its recipes
 read the same. Every key is declared in ``SCHEMA`` with its accepted types and default; an unknown key or a
-value of the wrong type is an error naming the key and the file, never a silent default.
+value of the wrong type is an error naming the key and the file, never a silent default. Keys the original's
+recipes set but nothing reads are accepted and reported as ignored.
+
+A recipe builds on another by importing it (``from resface64_msarcface import *``, the recipe's own folder and
+the shipped ``configs/`` are importable while it loads) and assigning the keys it changes. A key computed from
+other keys is written as a function of the final config, ``def learning_rate_schedule(c): return {0: c.lr}``:
+it is evaluated after inheritance and ``--set`` overrides, so ``--set lr=0.05`` moves the schedule with it. A
+``--set`` on a key that a recipe reads in a plain assignment (``batch_format = {'size': batch_size}``) would not
+reach that assignment and is refused, naming the key to set as well.
 """
 from __future__ import annotations
 
 import ast
-import importlib.util
+import logging
 import os
 import types
 from dataclasses import dataclass
 from typing import Any
+
+from probface_tf import recipe_files
+
+_log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -24,6 +36,7 @@ class Key:
     default: Any
     doc: str
     choices: tuple | None = None
+    ignored: bool = False  # an original key that nothing reads; accepted so the original recipes load
 
 
 _NUM = (int, float)
@@ -41,10 +54,11 @@ SCHEMA: dict[str, Key] = {
     "channels": Key((int,), 3, "3 = RGB"),
     "preprocess_train": Key((list,), None, "op list: ['resize', (h, w)], ['random_flip'], ['standardize', 'mean_scale']"),
     "preprocess_test": Key((list,), None, "op list applied to evaluation images"),
-    "num_gpus": Key((int,), 1, "kept for the original recipes; use distribute_strategy"),
+    "num_gpus": Key((int,), 1, "ignored (use distribute_strategy)", ignored=True),
     # ---- network (original keys) ----
     "embedding_network": Key((str,), "models/resface64_relu.py", "backbone: original file name or builder name"),
-    "uncertainty_module": Key((str,), "models/uncertainty_module.py", "head: original file name or 'probface'"),
+    "uncertainty_module": Key((str,), "models/uncertainty_module.py", "ignored (the head is chosen by head_type)",
+                              ignored=True),
     "uncertainty_module_input": Key((str,), "conv_final", "backbone end point feeding the head"),
     "embedding_size": Key((int,), 256, "mu dimension"),
     "uncertainty_module_output_size": Key((int,), 1, "1 (FastMLS) or embedding_size (D-dim MLS)"),
@@ -54,7 +68,8 @@ SCHEMA: dict[str, Key] = {
     "batch_format": Key((dict,), None, "{'size': batch_size, 'num_classes': identities per batch}"),
     "epoch_size": Key((int,), 1000, "steps per epoch"),
     "num_epochs": Key((int,), 12, "epochs"),
-    "learning_rate_strategy": Key((str,), "step", "only 'step' (piecewise constant by global step)", ("step",)),
+    "learning_rate_strategy": Key((str,), "step", "ignored: always 'step' (learning_rate_schedule by global step)",
+                                  ("step",), ignored=True),
     "lr": Key(_NUM, 1e-2, "base learning rate"),
     "learning_rate_schedule": Key((dict,), None, "{first_step: lr}; the largest key <= global step wins"),
     "restore_model": Key(_OPT_STR, None, "original run dir / TF1 ckpt, .keras backbone, or our checkpoint dir"),
@@ -66,8 +81,8 @@ SCHEMA: dict[str, Key] = {
                                    "unless honour_discriminat_metric_type", ("triplet_semihard", "contrastive")),
     "loss_weights": Key((dict,), None, "{'mls_loss', 'output_constraint_loss', 'discriminate_loss'}"),
     "output_constraint_type": Key((str,), "", "'L2', 'L1' or '' (no output constraint)"),
-    "s_wd_type": Key((str,), "", "read by nothing in the original; accepted for its recipes"),
-    "s_wd_alpha": Key(_NUM, 0.0, "read by nothing in the original; accepted for its recipes"),
+    "s_wd_type": Key((str,), "", "ignored (read by nothing in the original either)", ignored=True),
+    "s_wd_alpha": Key(_NUM, 0.0, "ignored (read by nothing in the original either)", ignored=True),
     # ---- this implementation ----
     "stage": Key((str,), "probface", "'probface' = train the uncertainty head; 'backbone' = margin-softmax stage 1; "
                  "'demo' = synthetic data, both stages, evaluation", ("probface", "backbone", "demo")),
@@ -217,6 +232,9 @@ def _check_entries(cfg: dict, source: str) -> None:
 
 def _validate_values(cfg: dict, source: str) -> None:
     _check_entries(cfg, source)
+    for key in ("epoch_size", "num_epochs", "batch_size"):
+        if cfg[key] <= 0:  # zero steps would still export (and publish) the untrained model
+            raise ConfigError(f"{source}: key '{key}' must be a positive int, got {cfg[key]!r}")
     size = cfg["image_size"]
     if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 or s % 16 for s in size):
         raise ConfigError(f"{source}: key 'image_size' must be [height, width], positive multiples of 16, got {size!r}")
@@ -257,15 +275,57 @@ def from_dict(values: dict, source: str = "<dict>") -> Config:
     return config
 
 
-def _module_values(path: str) -> dict:
-    spec = importlib.util.spec_from_file_location("probface_config", path)
-    module = importlib.util.module_from_spec(spec)
+def _recipe_values(path: str) -> tuple[dict, dict]:
+    """The recipe's plain key values and its derived keys (``def key(c)`` functions named after a key)."""
     try:
-        spec.loader.exec_module(module)
+        module = recipe_files.execute(path)
     except Exception as exc:  # the config is user code: report where it broke
         raise ConfigError(f"{path}: config file failed to execute: {type(exc).__name__}: {exc}") from exc
-    return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)}
+    values, derived = {}, {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        if isinstance(value, types.FunctionType):
+            if key in SCHEMA:
+                derived[key] = value
+            continue  # a helper such as latest_run
+        if not callable(value):
+            values[key] = value
+    return values, derived
+
+
+def _derive(values: dict, derived: dict, source: str) -> None:
+    """Evaluate the derived keys, in the order the recipe defines them, on the config as it stands."""
+    current = {key: spec.default for key, spec in SCHEMA.items()}
+    current.update(values)
+    for key, function in derived.items():
+        try:
+            value = function(Config(**current))
+        except Exception as exc:
+            raise ConfigError(f"{source}: key '{key}' (def {key}(c)) failed: {type(exc).__name__}: {exc}") from exc
+        values[key] = current[key] = value
+
+
+def _refuse_unreachable(path: str, applied: dict) -> None:
+    """A ``--set`` on a key that the recipe reads in a plain assignment would leave that assignment's value
+    computed from the old one (and the run's config.py would claim otherwise): refuse, naming what to set."""
+    reads = recipe_files.assignment_reads(path)
+    for key, value in applied.items():
+        stale = sorted(name for name, names in reads.items()
+                       if key in names and name in SCHEMA and name not in applied)
+        if stale:
+            raise ConfigError(
+                f"--set {key}={value!r}: {path} computes {', '.join(stale)} from '{key}' when it loads, so the "
+                f"override would not reach {'it' if len(stale) == 1 else 'them'}; set {', '.join(stale)} as well "
+                f"(--set {stale[0]}=...), or write {stale[0]} in the recipe as a function of the config "
+                f"(def {stale[0]}(c): ...)")
+
+
+def _warn_ignored(values: dict, source: str) -> None:
+    ignored = sorted(k for k, v in values.items() if k in SCHEMA and SCHEMA[k].ignored and v != SCHEMA[k].default)
+    if ignored:
+        _log.warning("%s: %s %s no effect here (accepted for the original recipes)", source, ", ".join(ignored),
+                     "has" if len(ignored) == 1 else "have")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -282,10 +342,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str, overrides: list[str] | tuple = ()) -> Config:
-    """Load a config file, apply ``key=value`` overrides, validate, and fill defaults."""
+    """Load a config file, apply ``key=value`` overrides, evaluate derived keys, validate, and fill defaults."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    values = _module_values(path)
+    values, derived = _recipe_values(path)
     applied = {}
     for text in overrides:
         key, value = parse_override(text)
@@ -293,7 +353,12 @@ def load_config(path: str, overrides: list[str] | tuple = ()) -> Config:
             raise ConfigError(f"--set {text!r}: unknown config key '{key}'")
         if isinstance(SCHEMA[key].default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        values[key] = applied[key] = value
+        applied[key] = value
+        derived.pop(key, None)
+    _refuse_unreachable(path, applied)
+    values.update(applied)
+    _derive(values, derived, path)
+    _warn_ignored(values, path)
     cfg = from_dict(values, source=path)
     cfg._overrides = applied  # written into the run's copy of the config (probface_tf.train.logs.copy_config)
     return cfg
