@@ -148,7 +148,7 @@ def test_a_recipe_imports_its_base_and_derived_keys_follow(tmp_path):
 
 
 def test_ignored_original_keys_are_accepted_and_reported(caplog):
-    from probface_tf.config import SCHEMA
+    from probface_tf.config_schema import SCHEMA
 
     ignored = sorted(k for k, spec in SCHEMA.items() if spec.ignored)
     assert ignored == ["learning_rate_strategy", "num_gpus", "s_wd_alpha", "s_wd_type", "uncertainty_module"]
