@@ -16,6 +16,9 @@ stage = 'demo'
 name = 'demo'
 log_base_dir = './log/'
 summary_interval = 100
+# Each stage is wired to the generated data by the demo itself; only the head is evaluated on the held-out
+# pairs during training (stage 1 is judged by the final evaluation).
+test_bin_paths = None
 
 # Stage 1: a margin softmax from scratch. CosFace with a moderate scale and margin converges within minutes on
 # this small network; ArcFace (s=64, m=0.5, the base model's recipe) needs far longer from scratch.
