@@ -19,6 +19,7 @@ ProbFace on that backbone is like for like; about 3-4 minutes on 2 CPU cores. Th
 (ArcFace's angular margin), with the demo's moderate values instead of ArcFace's s = 64, m = 0.5, for the same
 reason the demo uses CosFace: from scratch on this small network the large margin needs far longer.
 """
+import demo as _demo  # configs/demo.py, for its stage-1 optimisation
 from demo_data import *  # noqa: F401,F403  (the demo's data and network)
 
 stage = 'backbone'
@@ -31,12 +32,12 @@ margin_s = 32.0  # upper bound of the learned scale (the demo's fixed CosFace sc
 margin_m = 0.2  # angular margin (rad)
 uncertainty_module_input = 'mu'  # the scale head's input: bounded, see above
 
-# The demo's stage-1 optimisation (configs/demo.py backbone_config).
-optimizer = 'adam'
-batch_size = 64
-epoch_size = 250
-num_epochs = 6
-lr = 1e-3
-learning_rate_schedule = {0: 1e-3, 1000: 1e-4}
-weight_decay = 5e-4
-checkpoint_interval = 250
+# The demo's stage-1 optimisation (configs/demo.py backbone_config): the same run, a learned scale for CosFace's.
+optimizer = _demo.backbone_config['optimizer']
+batch_size = _demo.backbone_config['batch_size']
+epoch_size = _demo.backbone_config['epoch_size']
+num_epochs = _demo.backbone_config['num_epochs']
+lr = _demo.backbone_config['lr']
+learning_rate_schedule = _demo.backbone_config['learning_rate_schedule']
+weight_decay = _demo.backbone_config['weight_decay']
+checkpoint_interval = _demo.backbone_config['checkpoint_interval']

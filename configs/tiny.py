@@ -22,10 +22,13 @@ backbone_blocks = [1, 1, 1, 1]
 embedding_size = 32
 uncertainty_module_output_size = 1
 batch_size = 120
-batch_format = {'size': 120, 'num_classes': 30}
 epoch_size = 30
 num_epochs = 2
 lr = 0.1
+
+
+def batch_format(c):
+    return {'size': c.batch_size, 'num_classes': c.batch_size // 4}
 
 
 def learning_rate_schedule(c):

@@ -115,10 +115,10 @@ def _check_entries(cfg: dict, source: str) -> None:
 
 
 def _validate_values(cfg: dict, source: str) -> None:
-    _check_entries(cfg, source)
     for key in ("epoch_size", "num_epochs", "batch_size"):
         if cfg[key] <= 0:  # zero steps would still export (and publish) the untrained model
             raise ConfigError(f"{source}: key '{key}' must be a positive int, got {cfg[key]!r}")
+    _check_entries(cfg, source)
     size = cfg["image_size"]
     if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 or s % 16 for s in size):
         raise ConfigError(f"{source}: key 'image_size' must be [height, width], positive multiples of 16, got {size!r}")
@@ -190,11 +190,21 @@ def _derive(values: dict, derived: dict, source: str) -> None:
         values[key] = current[key] = value
 
 
+# Keys nothing reads but the one key derived from them: a --set of one acts only through it.
+ONLY_THROUGH = {"lr": "learning_rate_schedule", "batch_size": "batch_format"}
+
+
 def _refuse_unreachable(path: str, applied: dict) -> None:
     """A ``--set`` on a key that the recipe reads in a plain assignment would leave that assignment's value
-    computed from the old one (and the run's config.py would claim otherwise): refuse, naming what to set."""
+    computed from the old one, and one on ``lr`` / ``batch_size`` where the recipe writes the schedule / batch
+    format without them would change nothing (the run's config.py would claim otherwise): refuse, naming what
+    to set."""
     reads = recipe_files.assignment_reads(path)
     for key, value in applied.items():
+        target = ONLY_THROUGH.get(key)
+        if target in reads and key not in reads[target] and target not in applied:
+            raise ConfigError(f"--set {key}={value!r}: {path} sets {target} without reading '{key}', so the "
+                              f"override would change nothing; set {target} instead (--set {target}=...)")
         stale = sorted(name for name, names in reads.items()
                        if key in names and name in SCHEMA and name not in applied)
         if stale:

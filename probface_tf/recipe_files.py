@@ -64,6 +64,9 @@ def assignment_reads(path: str, _seen: frozenset = frozenset()) -> dict[str, set
             if base is not None and base not in _seen:
                 reads.update(assignment_reads(base, _seen | {path}))
             continue
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):  # rebinds the name: no longer an assignment
+            reads.pop(node.name, None)
+            continue
         if isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
         elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and node.value is not None:

@@ -125,6 +125,17 @@ def test_override_that_a_plain_assignment_reads_is_refused(tmp_path):
     assert load_config(str(path), ["batch_size=32"]).batch_format == {"size": 32, "num_classes": 8}
 
 
+def test_override_of_a_key_the_recipe_does_not_use_is_refused(tmp_path):
+    path = tmp_path / "fixed.py"
+    path.write_text("lr = 0.1\nlearning_rate_schedule = {0: 0.1, 500: 0.01}\n")
+    with pytest.raises(ConfigError, match=r"fixed\.py sets learning_rate_schedule without reading 'lr', so the "
+                                          r"override would change nothing; set learning_rate_schedule instead"):
+        load_config(str(path), ["lr=0.2"])
+    child = tmp_path / "child.py"  # a function of the config replaces the base's fixed schedule
+    child.write_text("from fixed import *\n\n\ndef learning_rate_schedule(c):\n    return {0: c.lr}\n")
+    assert load_config(str(child), ["lr=0.2"]).learning_rate_schedule == {0: 0.2}
+
+
 @pytest.mark.parametrize("key", ["epoch_size", "num_epochs", "batch_size"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_zero_or_negative_steps_are_refused(key, value):
