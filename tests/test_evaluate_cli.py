@@ -169,7 +169,7 @@ def test_saved_model_export_gives_the_same_features(data, tmp_path):
 
 def test_tf1_checkpoint_matches_original_graph(data, tmp_path):
     from probface_tf.models.resface import BackboneSpec
-    from probface_tf.tf1_reference import TF1ProbFace
+    from tf1_reference import TF1ProbFace
 
     graph = TF1ProbFace(BackboneSpec((8, 8, 16, 16), (1, 1, 1, 1)), (32, 32), 16, 1)
     x = _reference_preprocess(data["images"][:8])
@@ -314,14 +314,16 @@ def test_run_eval_sh_usage_errors(make_args, needle, tmp_path):
 
 
 def test_bfloat16_backbone_keeps_the_numbers_close_and_refuses_other_models(data, tmp_path):
-    """``--compute_dtype bfloat16``: the folded backbone in bfloat16 moves mu by ~1e-3 (8-bit mantissa); the
-    evaluation numbers stay those of float32 within that."""
+    """``--compute_dtype bfloat16`` through the model loader: the folded backbone in bfloat16 (8-bit mantissa)
+    moves this tiny model's 16-d mu by 4.8e-3 at most (measured; a short embedding has larger entries, hence
+    larger absolute round-off). The README's bound for ResFace64's 256-d mu, 2.5e-3, is asserted in
+    test_parity.py::test_converted_checkpoint_matches_original_graph."""
     images = _reference_preprocess(data["images"][:16])
     exact = load_model(str(data["root"] / "tiny.keras"))(images)
     fast = load_model(str(data["root"] / "tiny.keras"), compute_dtype="bfloat16")(images)
     assert fast["mu"].dtype == np.float32
     error = np.abs(fast["mu"] - exact["mu"]).max()
-    assert 0 < error < 2e-2  # really reduced precision, and still close
+    assert 1e-4 < error <= 1e-2  # really reduced precision, and still close
     np.testing.assert_allclose(fast["sigma_sq"], exact["sigma_sq"], rtol=5e-2)
     with pytest.raises(ModelLoadError, match="--compute_dtype must be one of"):
         load_model(str(data["root"] / "tiny.keras"), compute_dtype="int8")
