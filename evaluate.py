@@ -176,7 +176,8 @@ def _bins(labels, echo) -> None:
         report_results(models[0], evaluated(), out, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
         Calibration.from_score_arrays(pairs, ",".join(os.path.basename(p) for p in paths)).save(
             os.path.join(out, "calibration.json"))
-        echo("wrote %s (decision thresholds for probface verify)" % os.path.join(out, "calibration.json"))
+        print("wrote %s (decision thresholds for probface verify)" % os.path.join(out, "calibration.json"),
+              file=sys.stderr)  # stdout ends with the summary table
     else:
         evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from probface_tf.convert import CheckpointError, find_checkpoint, load_tf1_checkpoint, run
 from probface_tf.models.resface import BackboneSpec
-from probface_tf.tf1_reference import TF1ProbFace
+from tf1_reference import TF1ProbFace
 
 SPEC = BackboneSpec((8, 8, 16, 16), (1, 1, 1, 1))
 HEAD_VAR = "UncertaintyModule/scale_and_shift/alpha"
