@@ -29,7 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "probface-convert=probface_tf.convert:run",
-            "probface-export=probface_tf.export:run",
+            "probface-export=probface_tf.export.cli:run",
             "probface-data=probface_tf.data.cli:run",
         ]
     },
