@@ -270,6 +270,12 @@ def load_model(path: str, config=None, compute_dtype: str = "float32") -> Loaded
             raise ModelLoadError(f"--compute_dtype {compute_dtype}: a SavedModel runs as exported; give the "
                                  f"run's model.keras to evaluate in reduced precision")
         model = _load_saved_model(path)
+    elif path.endswith((".tflite", ".onnx", ".pb")):  # probface-export files: run by their own runtime
+        from probface_tf.export.runtimes import open_runtime
+
+        runtime = open_runtime(path)
+        model = LoadedModel(runtime, runtime.image_size, True, runtime.kind, path,
+                            Preprocessing(**runtime.preprocessing, source=f"{runtime.kind} metadata"))
     elif path.endswith(".keras"):
         model = _load_keras(path, compute_dtype)
     elif _is_scaleface_run(path):

@@ -19,6 +19,7 @@ import probface_tf.models.probface  # noqa: F401 - registers the custom layers f
 from probface_tf.config import load_config
 from probface_tf.convert import load_tf1_checkpoint
 from probface_tf.export.errors import ExportError
+from probface_tf.export.formats import FILE_OUTPUTS, FORMATS, export_file
 from probface_tf.export.saved_model import METADATA_FILE, export_saved_model
 
 
@@ -34,12 +35,23 @@ def load_model_for_export(path: str, cfg=None):
     return load_tf1_checkpoint(path, cfg)
 
 
+USAGE = ("usage: probface-export --model PATH --out OUT [--format saved_model|litert|onnx|frozen_pb] "
+         "[--quantize int8 --calibration DIR|.bin|.npy] [--version N] [--overwrite] [--config CFG]")
+
+
 def _define_flags():
     # A private FlagValues: importing this module never adds flags to a caller's absl.flags.FLAGS.
     fv = flags.FlagValues()
     flags.DEFINE_string("model", None, "a .keras ProbFace model, or an original TF1 run dir / checkpoint "
                         "(with --config)", flag_values=fv)
-    flags.DEFINE_string("out", None, "export base: the SavedModel goes to OUT/<version>/", flag_values=fv)
+    flags.DEFINE_enum("format", "saved_model", list(FORMATS), "saved_model (TF Serving), litert (.tflite), onnx, "
+                      "or frozen_pb (a TF1 GraphDef: input:0 -> mu:0, sigma_sq:0)", flag_values=fv)
+    flags.DEFINE_string("out", None, "saved_model: export base, the model goes to OUT/<version>/; other formats: "
+                        "the file to write (e.g. model.tflite)", flag_values=fv)
+    flags.DEFINE_enum("quantize", None, ["int8"], "litert / onnx: int8 post-training quantisation (uncertainty "
+                      "head kept float32); needs --calibration", flag_values=fv)
+    flags.DEFINE_string("calibration", None, "int8 calibration images: a folder of face images (searched "
+                        "recursively), a .bin verification set or a .npy of preprocessed images", flag_values=fv)
     flags.DEFINE_integer("version", None, "version number (default: largest existing + 1, or 1)", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "replace an existing version directory", flag_values=fv)
     flags.DEFINE_string("config", None, "config file: preprocess_test, resize_method and eval_contrast_stretch "
@@ -48,11 +60,12 @@ def _define_flags():
 
 
 def main(argv=None) -> int:
-    """``probface-export --model PATH --out EXPORT_BASE [--version N] [--overwrite] [--config CFG]``."""
+    """``probface-export --model PATH --out OUT [--format F] [--quantize int8 --calibration C] [--version N]
+    [--overwrite] [--config CFG]``; 0 on success, 2 on a bad model / option, 1 when the output cannot be written."""
     fv = _define_flags()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print("usage: probface-export --model PATH --out EXPORT_BASE [--version N] [--overwrite] [--config CFG]\n")
+        print(USAGE + "\n")
         print(fv.get_help())
         return 0
     try:
@@ -73,15 +86,37 @@ def main(argv=None) -> int:
             kwargs = {"preprocess_ops": cfg.preprocess_test, "resize_method": cfg.resize_method,
                       "contrast_stretch": cfg.eval_contrast_stretch}
         model = load_model_for_export(fv.model, cfg)
-        path = export_saved_model(model, fv.out, version=fv.version, overwrite=fv.overwrite, **kwargs)
+        path = _export(model, fv, kwargs)
     except ValueError as exc:  # ExportError, ConfigError, CheckpointError: messages name the file or key
         print(f"probface-export: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only or vanished directory: nothing was published
+        print(f"probface-export: error: cannot write {fv.out}: {exc.strerror or exc} (nothing was written)",
+              file=sys.stderr)
+        return 1
     print(f"exported {path}")
-    with open(os.path.join(path, "assets", METADATA_FILE), encoding="utf-8") as f:
-        for name, spec in json.load(f)["signatures"].items():
-            print(f"  {name}: {spec['inputs']} -> {spec['outputs']}")
+    _print_summary(path, fv.format)
     return 0
+
+
+def _export(model, fv, kwargs) -> str:
+    if fv.format == "saved_model":
+        if fv.quantize:
+            raise ExportError("--quantize int8 is available for --format litert and onnx, not saved_model")
+        return export_saved_model(model, fv.out, version=fv.version, overwrite=fv.overwrite, **kwargs)
+    if fv.version is not None:
+        raise ExportError(f"--version applies to --format saved_model only; --format {fv.format} writes --out")
+    return export_file(model, fv.out, fv.format, quantize=fv.quantize, calibration=fv.calibration,
+                       overwrite=fv.overwrite, **kwargs)
+
+
+def _print_summary(path: str, fmt: str) -> None:
+    if fmt == "saved_model":
+        with open(os.path.join(path, "assets", METADATA_FILE), encoding="utf-8") as f:
+            for name, spec in json.load(f)["signatures"].items():
+                print(f"  {name}: {spec['inputs']} -> {spec['outputs']}")
+    else:
+        print(f"  {fmt}: {{'input': float32 [None, H, W, 3]}} -> {list(FILE_OUTPUTS)} ({os.path.getsize(path)} bytes)")
 
 
 def run() -> None:

@@ -88,7 +88,7 @@ def model_output_sizes(model) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def _check_preprocessing(ops, image_size, resize_method, contrast_stretch):
+def check_preprocessing(ops, image_size, resize_method, contrast_stretch):
     """Run the op list once on a dummy image so a bad list fails here, naming itself, not inside a trace."""
     try:
         # Larger than common face crops, so a leading crop op fits; the resize then sets the final size.
@@ -147,6 +147,16 @@ def _scores(mu1, sigma_sq1, mu2, sigma_sq2, all_pairs: bool, signature: str, dim
             "cosine": tf.identity(cosine_tf(mu1, mu2, pairwise=all_pairs), name="cosine")}
 
 
+def check_finite_weights(model) -> None:
+    """Refuse a model with a NaN / Inf weight: its export would serve NaN embeddings without a word."""
+    for var in model.weights:
+        value = np.asarray(var.numpy())
+        if not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise ExportError(f"weight {getattr(var, 'path', var.name)} holds {bad} non-finite value(s) (NaN/Inf); "
+                              f"refusing to export a model that would output NaN")
+
+
 def inference_form(model):
     """The BN-folded copy of a ResFace ProbFace model; any other model as it is."""
     try:
@@ -165,6 +175,7 @@ def build_serving_module(model, preprocess_ops=None, image_size=None, resize_met
     exported in its inference form, batch norm folded into the convolutions (same outputs to float32 round-off,
     fewer ops per request).
     """
+    check_finite_weights(model)
     model = inference_form(model)
     size = model_input_size(model)
     if image_size is not None and tuple(int(s) for s in image_size) != size:
@@ -173,7 +184,7 @@ def build_serving_module(model, preprocess_ops=None, image_size=None, resize_met
     ops = jsonable(preprocess_ops if preprocess_ops is not None else default_preprocess_ops(size))
     if resize_method not in ("pil_bilinear", "bilinear"):
         raise ExportError(f"resize_method must be 'pil_bilinear' or 'bilinear', got {resize_method!r}")
-    _check_preprocessing(ops, size, resize_method, bool(contrast_stretch))
+    check_preprocessing(ops, size, resize_method, bool(contrast_stretch))
 
     images_spec = tf.TensorSpec([None, *size, 3], tf.float32, name="input")
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
