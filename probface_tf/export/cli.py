@@ -48,8 +48,8 @@ def _define_flags():
                       "or frozen_pb (a TF1 GraphDef: input:0 -> mu:0, sigma_sq:0)", flag_values=fv)
     flags.DEFINE_string("out", None, "saved_model: export base, the model goes to OUT/<version>/; other formats: "
                         "the file to write (e.g. model.tflite)", flag_values=fv)
-    flags.DEFINE_enum("quantize", None, ["int8"], "litert / onnx: int8 post-training quantisation (uncertainty "
-                      "head kept float32); needs --calibration", flag_values=fv)
+    flags.DEFINE_enum("quantize", None, ["int8"], "litert / onnx: int8 post-training quantisation; needs "
+                      "--calibration", flag_values=fv)
     flags.DEFINE_string("calibration", None, "int8 calibration images: a folder of face images (searched "
                         "recursively), a .bin verification set or a .npy of preprocessed images", flag_values=fv)
     flags.DEFINE_integer("version", None, "version number (default: largest existing + 1, or 1)", flag_values=fv)

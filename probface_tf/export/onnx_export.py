@@ -32,7 +32,8 @@ def onnx_bytes(fn, calibration: np.ndarray | None = None) -> bytes:
         model, _ = tf2onnx.convert.from_function(fn.function, input_signature=[fn.spec], opset=OPSET)
     except Exception as exc:  # tf2onnx raises on ops it has no handler for, naming them
         raise unsupported_ops_error("onnx", exc) from None
-    unknown = sorted({node.op_type for node in model.graph.node if node.domain not in ("", "ai.onnx")})
+    # tf2onnx keeps an op it cannot map under its TF name: the standard opset does not know it.
+    unknown = sorted({node.op_type for node in model.graph.node if not onnx.defs.has(node.op_type, node.domain)})
     if unknown:
         raise ExportError(f"--format onnx cannot hold the op(s) {', '.join(unknown)} (custom or unsupported by "
                           f"the ONNX standard opset {OPSET})")
