@@ -1,6 +1,9 @@
 """probface_tf: ProbFace (uncertainty-aware face recognition) in TensorFlow 2 / Keras 3."""
 from setuptools import find_packages, setup
 
+# probface-export --format litert / onnx and their runtimes (also what the tests of those formats need).
+EXPORT = ["ai-edge-litert>=1.2", "tf2onnx>=1.16", "onnx>=1.16", "onnxruntime>=1.18", "flatbuffers>=24"]
+
 setup(
     name="probface_tf",
     version="0.1.0",
@@ -24,7 +27,8 @@ setup(
         # llvmlite compiles the per-entry FastMLS tail of all-pairs scoring; without it NumPy does the same work
         "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
-        "dev": ["pytest>=7", "scipy>=1.10", "opencv-python-headless>=4.8"],
+        "dev": ["pytest>=7", "scipy>=1.10", "opencv-python-headless>=4.8", *EXPORT],
+        "export": EXPORT,
     },
     entry_points={
         "console_scripts": [
