@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from probface_tf import export as E
-from probface_tf.eval.model_loader import load_model
+from probface_tf.eval.model_loader import ModelLoadError, load_model
 from probface_tf.export import publishing
 from references import tiny_probface
 
@@ -106,6 +106,10 @@ def test_evaluator_loads_the_file_with_its_preprocessing(exported, fmt):
         runtime(exported["images"][:2, :, :31])
     with pytest.raises(E.ExportInputError, match="got dtype uint8"):
         runtime(np.zeros((1, 32, 32, 3), np.uint8))
+    corrupt = exported["folder"] / ("corrupt_" + FILES[fmt])
+    corrupt.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match=f"--model {corrupt}: (cannot load as {fmt}|no 'probface' metadata)"):
+        load_model(str(corrupt))
 
 
 @pytest.mark.parametrize("fmt", ["litert", "onnx"])

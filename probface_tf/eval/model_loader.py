@@ -271,9 +271,12 @@ def load_model(path: str, config=None, compute_dtype: str = "float32") -> Loaded
                                  f"run's model.keras to evaluate in reduced precision")
         model = _load_saved_model(path)
     elif path.endswith((".tflite", ".onnx", ".pb")):  # probface-export files: run by their own runtime
-        from probface_tf.export.runtimes import open_runtime
+        from probface_tf.export.runtimes import ExportError, open_runtime
 
-        runtime = open_runtime(path)
+        try:
+            runtime = open_runtime(path)
+        except ExportError as exc:
+            raise ModelLoadError(f"--model {exc}") from None
         model = LoadedModel(runtime, runtime.image_size, True, runtime.kind, path,
                             Preprocessing(**runtime.preprocessing, source=f"{runtime.kind} metadata"))
     elif path.endswith(".keras"):
