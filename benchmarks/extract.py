@@ -124,9 +124,10 @@ def _int8_note(results: dict) -> str:
     flags = results["cpu_flags"]
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     best = {name: max(r.get(name, 0) for r in results["ratio_vs_tf1"].values()) for name in ("litert_int8", "onnx_int8")}
-    text = (f"int8 kernels: LiteRT runs XNNPACK qs8 convolutions, onnxruntime fuses QDQ into QLinearConv (MLAS); "
-            f"CPU {'has' if vnni else 'lacks'} VNNI (int8 dot products){', has AMX-INT8' if 'amx_int8' in flags else ''}"
-            f" (neither runtime's CPU kernels use AMX tiles). Best ratio vs TF1: "
+    text = (f"int8 kernels: LiteRT runs XNNPACK qs8 convolutions (the widest int8 kernels the CPU offers), "
+            f"onnxruntime runs the QDQ graph as u8 x s8 QLinearConv (MLAS); the CPU {'has' if vnni else 'lacks'} "
+            f"VNNI int8 dot products{' and has AMX-INT8' if 'amx_int8' in flags else ''}"
+            f"{'' if vnni else ', so int8 gains little over float32'}. Best ratio vs TF1: "
             + ", ".join(f"{k} {v:.2f}x" for k, v in best.items()))
     return text
 
