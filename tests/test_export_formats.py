@@ -195,3 +195,15 @@ def test_interrupted_file_export_keeps_the_previous_file(exported, tmp_path, mon
         E.export_file(exported["model"], str(tmp_path / "q.tflite"), "litert", quantize="int8")
     with pytest.raises(E.ExportError, match="not frozen_pb"):
         E.export_file(exported["model"], str(tmp_path / "q.pb"), "frozen_pb", quantize="int8", calibration="x")
+
+
+def test_console_script_writes_a_file_format(exported, tmp_path, capsys):
+    exported["model"].save(tmp_path / "m.keras")
+    target = tmp_path / "m.onnx"
+    assert E.main(["--model", str(tmp_path / "m.keras"), "--format", "onnx", "--out", str(target)]) == 0
+    assert f"exported {target}" in capsys.readouterr().out
+    np.testing.assert_allclose(E.open_runtime(str(target))(exported["images"])["mu"], exported["reference"]["mu"],
+                               atol=1e-5)
+    assert E.main(["--model", str(tmp_path / "m.keras"), "--format", "onnx", "--out", str(target),
+                   "--version", "2"]) == 2
+    assert "--version applies to --format saved_model only" in capsys.readouterr().err
