@@ -25,9 +25,14 @@ setup(
     extras_require={
         # TensorFlow is an extra so CPU and GPU users pick the matching wheel.
         # llvmlite compiles the per-entry FastMLS tail of all-pairs scoring; without it NumPy does the same work
-        "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
-        "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
-        "dev": ["pytest>=7", "scipy>=1.10", "opencv-python-headless>=4.8", *EXPORT],
+        # photos: MTCNN face detection (weights ship in the wheel) and OpenCV for the alignment warp
+        "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
+                "opencv-python-headless>=4.8"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
+                "opencv-python-headless>=4.8"],
+        "photos": ["mtcnn>=1.0,<2", "opencv-python-headless>=4.8"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "opencv-python-headless>=4.8", "scikit-image>=0.21",
+                *EXPORT],
         "export": EXPORT,
     },
     entry_points={
@@ -35,6 +40,7 @@ setup(
             "probface-convert=probface_tf.convert:run",
             "probface-export=probface_tf.export.cli:run",
             "probface-data=probface_tf.data.cli:run",
+            "probface=probface_tf.face_cli:run",
         ]
     },
 )
