@@ -299,7 +299,8 @@ def load_model(path: str, config=None, compute_dtype: str = "float32") -> Loaded
         except ExportError as exc:
             raise ModelLoadError(f"--model {exc}") from None
         model = LoadedModel(runtime, runtime.image_size, True, runtime.kind, path,
-                            Preprocessing(**runtime.preprocessing, source=f"{runtime.kind} metadata"))
+                            Preprocessing(**runtime.preprocessing, source=f"{runtime.kind} metadata"),
+                            metadata=runtime.metadata)
     elif path.endswith(".keras"):
         model = _load_keras(path, compute_dtype)
     elif _is_scaleface_run(path):
