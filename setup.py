@@ -1,6 +1,9 @@
 """probface_tf: ProbFace (uncertainty-aware face recognition) in TensorFlow 2 / Keras 3."""
 from setuptools import find_packages, setup
 
+# probface-export --format litert / onnx and their runtimes (also what the tests of those formats need).
+EXPORT = ["ai-edge-litert>=1.2", "tf2onnx>=1.16", "onnx>=1.16", "onnxruntime>=1.18", "flatbuffers>=24"]
+
 setup(
     name="probface_tf",
     version="0.1.0",
@@ -28,12 +31,14 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
                 "opencv-python-headless>=4.8"],
         "photos": ["mtcnn>=1.0,<2", "opencv-python-headless>=4.8"],
-        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "opencv-python-headless>=4.8", "scikit-image>=0.21"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "opencv-python-headless>=4.8", "scikit-image>=0.21",
+                *EXPORT],
+        "export": EXPORT,
     },
     entry_points={
         "console_scripts": [
             "probface-convert=probface_tf.convert:run",
-            "probface-export=probface_tf.export:run",
+            "probface-export=probface_tf.export.cli:run",
             "probface-data=probface_tf.data.cli:run",
             "probface=probface_tf.face_cli:run",
         ]

@@ -291,6 +291,16 @@ def load_model(path: str, config=None, compute_dtype: str = "float32") -> Loaded
             raise ModelLoadError(f"--compute_dtype {compute_dtype}: a SavedModel runs as exported; give the "
                                  f"run's model.keras to evaluate in reduced precision")
         model = _load_saved_model(path)
+    elif path.endswith((".tflite", ".onnx", ".pb")):  # probface-export files: run by their own runtime
+        from probface_tf.export.runtimes import ExportError, open_runtime
+
+        try:
+            runtime = open_runtime(path)
+        except ExportError as exc:
+            raise ModelLoadError(f"--model {exc}") from None
+        model = LoadedModel(runtime, runtime.image_size, True, runtime.kind, path,
+                            Preprocessing(**runtime.preprocessing, source=f"{runtime.kind} metadata"),
+                            metadata=runtime.metadata)
     elif path.endswith(".keras"):
         model = _load_keras(path, compute_dtype)
     elif _is_scaleface_run(path):
