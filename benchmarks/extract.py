@@ -66,7 +66,7 @@ def _file_engines(model, folder: str, calibration: np.ndarray) -> tuple[dict, di
     for name, (fmt, quantize) in FILE_ENGINES.items():
         path = os.path.join(folder, name + (".tflite" if fmt == "litert" else ".onnx"))
         try:
-            export_file(model, path, fmt, quantize=quantize, calibration=calibration if quantize else None)
+            export_file(model, path, fmt, quantize=quantize, representative_data=calibration if quantize else None)
             engines[name] = open_runtime(path, num_threads=os.cpu_count())
         except (ExportError, ImportError) as exc:
             unavailable[name] = str(exc)

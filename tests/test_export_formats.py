@@ -43,7 +43,7 @@ def exported(tmp_path_factory):
              for fmt, name in FILES.items()}
     for fmt in ("litert", "onnx"):
         paths[fmt + "_int8"] = E.export_file(model, str(folder / ("int8_" + FILES[fmt])), fmt, quantize="int8",
-                                             calibration=calibration)
+                                             representative_data=calibration)
     reference = keras_outputs(model, images)
     np.savez(folder / "reference.npz", images=images, **reference)
     return {"model": model, "paths": paths, "images": images, "reference": reference, "folder": folder}
@@ -194,7 +194,7 @@ def test_interrupted_file_export_keeps_the_previous_file(exported, tmp_path, mon
     with pytest.raises(E.ExportError, match="--quantize int8 needs calibration images"):
         E.export_file(exported["model"], str(tmp_path / "q.tflite"), "litert", quantize="int8")
     with pytest.raises(E.ExportError, match="not frozen_pb"):
-        E.export_file(exported["model"], str(tmp_path / "q.pb"), "frozen_pb", quantize="int8", calibration="x")
+        E.export_file(exported["model"], str(tmp_path / "q.pb"), "frozen_pb", quantize="int8", representative_data="x")
 
 
 def test_console_script_writes_a_file_format(exported, tmp_path, capsys):

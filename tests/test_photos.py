@@ -296,17 +296,16 @@ def test_cli_verify_prints_faces_scores_and_decision(model_path, tmp_path, capsy
 
 
 def test_export_metadata_calibration_is_used(model, astronaut_faces, tmp_path, rng):
-    from probface_tf.export import METADATA_FILE, export_saved_model
+    from probface_tf.export import cli as export_cli
     from references import tiny_probface
 
-    path = export_saved_model(tiny_probface(), str(tmp_path / "export"))
+    keras_path = str(tmp_path / "tiny.keras")
+    tiny_probface().save(keras_path)
     issame, scores, s1, s2 = _pairs(rng)
     calib = Calibration.from_pairs(issame, scores, s1, s2, source="lfw.bin")
-    asset = os.path.join(path, "assets", METADATA_FILE)
-    with open(asset, encoding="utf-8") as f:
-        metadata = json.load(f)
-    with open(asset, "w", encoding="utf-8") as f:
-        json.dump({**metadata, **calib.to_metadata()}, f)
+    calib.save(str(tmp_path / "calibration.json"))
+    assert export_cli.main(["--model", keras_path, "--out", str(tmp_path / "export"),
+                            "--calibration", str(tmp_path / "calibration.json")]) == 0
     loaded = pf.load(str(tmp_path / "export"), detector=model.detector)  # the export base: newest version
     assert loaded.engine.kind == "saved_model" and loaded.calibration.thresholds == calib.thresholds
     out = loaded.embed(astronaut_faces[0].crop)

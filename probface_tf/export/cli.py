@@ -2,8 +2,11 @@
 frozen graph.
 
     probface-export --model run/model.keras --out serving/            # SavedModel, serving/<version>/
-    probface-export --model run/model.keras --format litert --out m.tflite [--quantize int8 --calibration DIR]
-    probface-export --model run/model.keras --format onnx --out m.onnx [--quantize int8 --calibration DIR]
+    probface-export --model run/model.keras --format litert --out m.tflite [--quantize int8 --representative_data DIR]
+    probface-export --model run/model.keras --format onnx --out m.onnx [--quantize int8 --representative_data DIR]
+
+Every format takes ``--calibration calibration.json`` (written by evaluate.py): its decision thresholds travel in
+the metadata, so ``probface_tf.load`` of the export answers same / different / uncertain.
     probface-export --model run/model.keras --format frozen_pb --out m.pb
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import keras
 from absl import flags
 
 import probface_tf.models.probface  # noqa: F401 - registers the custom layers for deserialisation
+from probface_tf.calibration import Calibration
 from probface_tf.config import load_config
 from probface_tf.convert import load_tf1_checkpoint
 from probface_tf.export.errors import ExportError
@@ -36,7 +40,8 @@ def load_model_for_export(path: str, cfg=None):
 
 
 USAGE = ("usage: probface-export --model PATH --out OUT [--format saved_model|litert|onnx|frozen_pb] "
-         "[--quantize int8 --calibration DIR|.bin|.npy] [--version N] [--overwrite] [--config CFG]")
+         "[--quantize int8 --representative_data DIR|.bin|.npy] [--calibration calibration.json] [--version N] "
+         "[--overwrite] [--config CFG]")
 
 
 def _define_flags():
@@ -49,9 +54,11 @@ def _define_flags():
     flags.DEFINE_string("out", None, "saved_model: export base, the model goes to OUT/<version>/; other formats: "
                         "the file to write (e.g. model.tflite)", flag_values=fv)
     flags.DEFINE_enum("quantize", None, ["int8"], "litert / onnx: int8 post-training quantisation; needs "
-                      "--calibration", flag_values=fv)
-    flags.DEFINE_string("calibration", None, "int8 calibration images: a folder of face images (searched "
+                      "--representative_data", flag_values=fv)
+    flags.DEFINE_string("representative_data", None, "int8 calibration images: a folder of face images (searched "
                         "recursively), a .bin verification set or a .npy of preprocessed images", flag_values=fv)
+    flags.DEFINE_string("calibration", None, "a calibration.json written by evaluate.py: its decision thresholds "
+                        "are stored in the export's metadata", flag_values=fv)
     flags.DEFINE_integer("version", None, "version number (default: largest existing + 1, or 1)", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "replace an existing version directory", flag_values=fv)
     flags.DEFINE_string("config", None, "config file: preprocess_test, resize_method and eval_contrast_stretch "
@@ -60,7 +67,8 @@ def _define_flags():
 
 
 def main(argv=None) -> int:
-    """``probface-export --model PATH --out OUT [--format F] [--quantize int8 --calibration C] [--version N]
+    """``probface-export --model PATH --out OUT [--format F] [--quantize int8 --representative_data D]
+    [--calibration FILE] [--version N]
     [--overwrite] [--config CFG]``; 0 on success, 2 on a bad model / option, 1 when the output cannot be written."""
     fv = _define_flags()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -85,6 +93,8 @@ def main(argv=None) -> int:
             cfg = load_config(fv.config)
             kwargs = {"preprocess_ops": cfg.preprocess_test, "resize_method": cfg.resize_method,
                       "contrast_stretch": cfg.eval_contrast_stretch}
+        if fv.calibration:
+            kwargs["extra_metadata"] = Calibration.load(fv.calibration).to_metadata()
         model = load_model_for_export(fv.model, cfg)
         path = _export(model, fv, kwargs)
     except ValueError as exc:  # ExportError, ConfigError, CheckpointError: messages name the file or key
@@ -106,7 +116,7 @@ def _export(model, fv, kwargs) -> str:
         return export_saved_model(model, fv.out, version=fv.version, overwrite=fv.overwrite, **kwargs)
     if fv.version is not None:
         raise ExportError(f"--version applies to --format saved_model only; --format {fv.format} writes --out")
-    return export_file(model, fv.out, fv.format, quantize=fv.quantize, calibration=fv.calibration,
+    return export_file(model, fv.out, fv.format, quantize=fv.quantize, representative_data=fv.representative_data,
                        overwrite=fv.overwrite, **kwargs)
 
 

@@ -38,8 +38,9 @@ class InferenceFunction:
     """The folded model as one ``tf.function`` with named outputs, plus the metadata every format stores."""
 
     def __init__(self, model, preprocess_ops=None, resize_method: str = "pil_bilinear",
-                 contrast_stretch: bool = True):
+                 contrast_stretch: bool = True, extra_metadata: dict | None = None):
         check_finite_weights(model)
+        self.extra_metadata = dict(extra_metadata or {})
         self.model = inference_form(model)
         self.image_size = model_input_size(self.model)
         self.dim, self.sigma_dim = model_output_sizes(self.model)
@@ -67,6 +68,7 @@ class InferenceFunction:
     def metadata(self, fmt: str, quantization: str = "float32") -> str:
         h, w = self.image_size
         return json.dumps({
+            **self.extra_metadata,
             "format": f"probface_tf.{fmt}/1", "image_size": [h, w], "channels": 3, "embedding_size": self.dim,
             "sigma_size": self.sigma_dim, "preprocess_ops": self.ops, "resize_method": self.resize_method,
             "contrast_stretch": self.contrast_stretch, "quantization": quantization,
@@ -104,12 +106,12 @@ def calibration_images(path: str, fn: InferenceFunction, limit: int = 256) -> np
     if path.endswith(".npy"):
         images = np.load(path)
         if images.ndim != 4 or tuple(images.shape[1:]) != (*fn.image_size, 3):
-            raise ExportError(f"--calibration {path}: expected preprocessed images [N, {fn.image_size[0]}, "
+            raise ExportError(f"--representative_data {path}: expected preprocessed images [N, {fn.image_size[0]}, "
                               f"{fn.image_size[1]}, 3], got shape {list(images.shape)}")
         return images[np.linspace(0, len(images) - 1, min(limit, len(images))).astype(int)].astype(np.float32)
     encoded = _encoded_images(path)
     if not encoded:
-        raise ExportError(f"--calibration {path}: no images found (a folder of {'/'.join(IMAGE_SUFFIXES)} "
+        raise ExportError(f"--representative_data {path}: no images found (a folder of {'/'.join(IMAGE_SUFFIXES)} "
                           f"files, a .bin or a .npy)")
     picks = np.linspace(0, len(encoded) - 1, min(limit, len(encoded))).astype(int)
     out = [preprocess_batch(decode_image(encoded[i], channels=3)[tf.newaxis], fn.ops, training=False,
@@ -122,7 +124,7 @@ def _encoded_images(path: str) -> list:
     if path.endswith(".bin"):
         return list(read_bin(path).encoded)
     if not os.path.isdir(path):
-        raise ExportError(f"--calibration {path}: no such directory, .bin or .npy file")
+        raise ExportError(f"--representative_data {path}: no such directory, .bin or .npy file")
     files = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names
                    if n.lower().endswith(IMAGE_SUFFIXES))
     out = []
@@ -135,12 +137,14 @@ def _encoded_images(path: str) -> list:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def export_file(model, path: str, fmt: str, quantize: str | None = None, calibration=None, preprocess_ops=None,
-                resize_method: str = "pil_bilinear", contrast_stretch: bool = True, overwrite: bool = False) -> str:
+def export_file(model, path: str, fmt: str, quantize: str | None = None, representative_data=None,
+                preprocess_ops=None, resize_method: str = "pil_bilinear", contrast_stretch: bool = True,
+                overwrite: bool = False, extra_metadata: dict | None = None) -> str:
     """Convert ``model`` to ``fmt`` ('litert', 'onnx', 'frozen_pb') and publish it atomically at ``path``.
 
-    ``quantize='int8'`` (LiteRT, ONNX) calibrates on ``calibration``: preprocessed images [N, H, W, 3] or a
-    path for ``calibration_images``. Returns ``path``.
+    ``quantize='int8'`` (LiteRT, ONNX) calibrates its ranges on ``representative_data``: preprocessed images
+    [N, H, W, 3] or a path for ``calibration_images``. ``extra_metadata`` (e.g. the decision thresholds of a
+    ``Calibration``) is merged into the metadata the file carries. Returns ``path``.
     """
     if fmt not in SUFFIXES:
         raise ExportError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
@@ -149,14 +153,15 @@ def export_file(model, path: str, fmt: str, quantize: str | None = None, calibra
     quantize = None if quantize == "float32" else quantize
     if quantize and fmt == "frozen_pb":
         raise ExportError("--quantize int8 is available for --format litert and onnx, not frozen_pb")
-    if quantize and calibration is None:
-        raise ExportError(f"--quantize int8 needs calibration images (--calibration DIR|.bin|.npy)")
+    if quantize and representative_data is None:
+        raise ExportError("--quantize int8 needs calibration images (--representative_data DIR|.bin|.npy)")
     if os.path.exists(path) and not overwrite:  # before the conversion: fail fast, lose nothing
         raise ExportError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    fn = InferenceFunction(model, preprocess_ops, resize_method, contrast_stretch)
+    fn = InferenceFunction(model, preprocess_ops, resize_method, contrast_stretch, extra_metadata)
+    calibration = None
     if quantize:
-        calibration = calibration_images(calibration, fn) if isinstance(calibration, str) else \
-            np.asarray(calibration, np.float32)
+        calibration = calibration_images(representative_data, fn) if isinstance(representative_data, str) \
+            else np.asarray(representative_data, np.float32)
     if fmt == "frozen_pb":
         data = frozen_graph_bytes(fn)
     elif fmt == "litert":

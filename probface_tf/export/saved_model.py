@@ -29,16 +29,17 @@ def _write_saved_model(module: tf.Module, path: str) -> None:
 
 def export_saved_model(model, export_base: str, version: int | None = None, preprocess_ops=None, image_size=None,
                        resize_method: str = "pil_bilinear", contrast_stretch: bool = True,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False, extra_metadata: dict | None = None) -> str:
     """Export ``model`` (Keras, outputs {mu, sigma_sq[, log_sigma_sq]}) to ``export_base/<version>/``.
 
     ``preprocess_ops``, ``resize_method`` and ``contrast_stretch`` describe the evaluation preprocessing the
     ``from_image_bytes`` signature reproduces; they are stored in ``assets/probface.json``. See
-    ``write_serving_module`` for versions and atomicity. Returns the version directory.
+    ``write_serving_module`` for versions and atomicity. ``extra_metadata`` (e.g. a ``Calibration``'s decision
+    thresholds) is merged into that file. Returns the version directory.
     """
     check_version(version)
     check_export_base(export_base)
-    module = build_serving_module(model, preprocess_ops, image_size, resize_method, contrast_stretch)
+    module = build_serving_module(model, preprocess_ops, image_size, resize_method, contrast_stretch, extra_metadata)
     return write_serving_module(module, export_base, version, overwrite)
 
 

@@ -166,7 +166,7 @@ def inference_form(model):
 
 
 def build_serving_module(model, preprocess_ops=None, image_size=None, resize_method: str = "pil_bilinear",
-                         contrast_stretch: bool = True) -> tf.Module:
+                         contrast_stretch: bool = True, extra_metadata: dict | None = None) -> tf.Module:
     """A ``tf.Module`` with the four signatures as ``tf.function`` attributes (see the module docstring).
 
     ``preprocess_ops`` is the test-time op list (default: resize to the model input + ``mean_scale``);
@@ -219,6 +219,7 @@ def build_serving_module(model, preprocess_ops=None, image_size=None, resize_met
         return _scores(mu1, sigma_sq1, mu2, sigma_sq2, True, COMPARE_ALL, dim, sigma_dim)
 
     metadata = {
+        **(extra_metadata or {}),  # e.g. the decision thresholds of a Calibration
         "format": FORMAT, "image_size": list(size), "channels": 3, "embedding_size": dim, "sigma_size": sigma_dim,
         "preprocess_ops": ops, "resize_method": resize_method, "contrast_stretch": bool(contrast_stretch),
         "decoded_images_are_uint8": True, "compare": "element-wise", "compare_all": "all pairs",
