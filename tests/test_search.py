@@ -8,6 +8,7 @@ from probface_tf import fusion
 from probface_tf.search import BandedIndex, Gallery, GalleryError, exact_topk, fastmls_upper_bound
 from probface_tf.search import decision
 from probface_tf.search.gallery import FORMAT_VERSION
+from probface_tf.search.pruned import PrunedScan
 
 
 def _unit(rng, n, d):
@@ -69,6 +70,29 @@ def test_flat_index_with_bound_equals_brute_force(kind, bands):
     pm, ps, gm, gs = _case(kind)
     ref_s, ref_i = _brute(pm, ps, gm, gs, 10)
     s, i = BandedIndex(gm, gs, "flat", bands=bands).search(pm, ps, 10)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", CASES)
+@pytest.mark.parametrize("block_rows", [64, 5000])
+def test_pruned_scan_equals_brute_force(kind, block_rows):
+    pm, ps, gm, gs = _case(kind)
+    ref_s, ref_i = _brute(pm, ps, gm, gs, 10)
+    scan = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0)
+    blocks = []
+    scan_dense = scan.__class__._survivors
+
+    def spy(self, keep, *args):  # the sparse path must actually run (and prune) on these galleries
+        blocks.append(keep.mean())
+        return scan_dense(self, keep, *args)
+
+    scan.__class__._survivors = spy
+    try:
+        s, i = scan.search(pm, ps, 10)
+    finally:
+        scan.__class__._survivors = scan_dense
+    assert blocks and min(blocks) < 0.9
     np.testing.assert_array_equal(i, ref_i)
     np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
 
@@ -141,7 +165,7 @@ def test_enrolment_fuses_with_pfe_and_keeps_counts(gallery):
 
 def test_search_finds_the_enrolled_identity_with_every_method(gallery):
     probe = gallery.mu[[2, 0]] + 0.01
-    for method in ("exact", "flat", "hnsw"):
+    for method in ("exact", "brute", "flat", "hnsw"):
         _, rows = gallery.search(probe, [0.2, 0.2], k=2, method=method)
         assert rows[:, 0].tolist() == [2, 0]
 

@@ -17,6 +17,12 @@ COSINE_SLACK = 1e-5  # float32 cosines of unit vectors (faiss) are within ~1e-6 
 RELATIVE_SLACK = 1e-9  # the scores' own rounding and the 1e-10 of the FastMLS denominator
 
 
+def fastmls_of_cosine(cosine, mutual) -> np.ndarray:
+    """FastMLS from a cosine and s1 + s2 (float64), for filtering; ranking scores come from ``scoring``."""
+    c, mutual = np.asarray(cosine, np.float64), np.asarray(mutual, np.float64)
+    return -(2.0 * (1.0 - c) / (mutual + MLS_EPSILON) + np.log(mutual))
+
+
 def fastmls_upper_bound(cosine, s1, s2_min, s2_max) -> np.ndarray:
     """Largest FastMLS any gallery row with cosine <= ``cosine`` and sigma_sq in [s2_min, s2_max] can reach
     against a probe of sigma_sq ``s1`` (broadcasting), widened by the float slack so that it is safe to compare
@@ -24,5 +30,5 @@ def fastmls_upper_bound(cosine, s1, s2_min, s2_max) -> np.ndarray:
     c = np.minimum(np.asarray(cosine, np.float64) + COSINE_SLACK, 1.0)
     s1 = np.asarray(s1, np.float64)
     mutual = np.clip(2.0 * (1.0 - c), s1 + s2_min, s1 + s2_max)
-    bound = -(2.0 * (1.0 - c) / (mutual + MLS_EPSILON) + np.log(mutual))
+    bound = fastmls_of_cosine(c, mutual)
     return bound + RELATIVE_SLACK * (1.0 + np.abs(bound))

@@ -18,11 +18,12 @@ import numpy as np
 
 from probface_tf.fusion import FusionError, fuse_template
 from probface_tf.search.index import BandedIndex
+from probface_tf.search.pruned import PrunedScan
 from probface_tf.search.topk import SearchError, check_score, exact_topk
 
 FORMAT = "probface-gallery"
 FORMAT_VERSION = 1
-METHODS = ("exact", "flat", "hnsw")
+METHODS = ("exact", "brute", "flat", "hnsw")
 
 
 class GalleryError(ValueError):
@@ -120,8 +121,9 @@ class Gallery:
     def search(self, probe_mu, probe_sigma_sq, k: int = 5, score: str = "fastmls", method: str = "exact",
                model_id: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(scores [P, k'], rows [P, k']) of each probe's best k identities, k' = min(k, len(gallery)): larger
-        score first, ties by row. ``method``: 'exact' (brute force in blocks), 'flat' (faiss flat + bound, the
-        same result) or 'hnsw' (approximate)."""
+        score first, ties by row. ``method``: 'exact' (one cosine scan with bound pruning, ``PrunedScan``),
+        'brute' (every score, in blocks), 'flat' (faiss flat retrieval + bound) - all three the same result - or
+        'hnsw' (faiss HNSW retrieval + bound, approximate)."""
         check_score(score)
         self.check_model(model_id)
         if method not in METHODS:
@@ -140,10 +142,13 @@ class Gallery:
         norm = np.linalg.norm(probe_mu, axis=1, keepdims=True)
         probe_mu = probe_mu / np.where(norm == 0, 1, norm)
         try:
-            if method == "exact":
+            if method == "brute" or (method == "exact" and score == "cosine"):
                 return exact_topk(probe_mu, probe_s, self.mu, self.sigma_sq, k, score)
-            if method not in self._indexes:
-                self._indexes[method] = BandedIndex(self.mu, self.sigma_sq, method)
+            if method not in self._indexes:  # built on first use, dropped when the gallery changes
+                self._indexes[method] = PrunedScan(self.mu, self.sigma_sq) if method == "exact" else \
+                    BandedIndex(self.mu, self.sigma_sq, method)
+            if method == "exact":
+                return self._indexes[method].search(probe_mu, probe_s, k)
             return self._indexes[method].search(probe_mu, probe_s, k, score)
         except SearchError as exc:
             raise GalleryError(str(exc)) from None

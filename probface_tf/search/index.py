@@ -75,7 +75,7 @@ class BandedIndex:
     def _retrieve(self, band: int, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows, _, _, index = self.bands[band]
         if self.kind == "hnsw":
-            index.hnsw.efSearch = max(2 * k, 64)
+            index.hnsw.efSearch = max(4 * k, 128)  # recall against speed; k = rows asked of this band
         cos, local = index.search(probes, k)
         return cos, np.where(local < 0, -1, rows[np.maximum(local, 0)])
 
