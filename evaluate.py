@@ -11,7 +11,9 @@ Prints, per dataset, the original verification and risk-controlled lines and the
 then a summary table; writes results.json, results.md, PNG figures and (with --save-scores) <name>/scores.npz
 into --out. With several --model: each model's outputs in --out/<method>/, and a comparison table (method x
 dataset) in --out/results.md, results.json ("comparison") and on stdout. With --templates: TAR@FAR of template
-pairs for PFE fusion + FastMLS, PFE fusion + cosine and mean pooling + cosine.
+pairs for PFE fusion + FastMLS, PFE fusion + cosine and mean pooling + cosine. With --gallery_protocol DIR: 1:N
+identification (CMC, TPIR@FPIR for cosine, FastMLS and FastMLS with the riskiest probes rejected; the open-set
+thresholds a gallery stores, see docs/search.md).
 """
 import os
 import sys
@@ -36,6 +38,11 @@ flags.DEFINE_string("templates", None, "template list (template_id,image_path ro
 flags.DEFINE_string("template_pairs", None, "template_id_1,template_id_2,label rows (with --templates)")
 flags.DEFINE_string("image_root", None, "folder the --templates image paths are relative to (default: the "
                     "list's folder)")
+flags.DEFINE_string("gallery_protocol", None, "1:N identification: a folder with gallery.csv and probes.csv "
+                    "(identity,image_path rows), insightface's IJB-C/IJB-B meta folder (with --ijb_target), or a "
+                    "BLUFR configuration folder (id_lfw.mat, ...); images under --image_root")
+flags.DEFINE_string("ijb_target", "ijbc", "IJB 1:N meta files' prefix: ijbc or ijbb")
+flags.DEFINE_string("ijb_gallery", "both", "IJB 1:N gallery set: G1, G2 (IJB-B: S1, S2) or both")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
@@ -63,7 +70,12 @@ def _check_flags() -> list[str]:
 
     if not FLAGS.model:
         raise app.UsageError("--model is required")
-    if FLAGS.templates is not None or FLAGS.template_pairs is not None:
+    if FLAGS.gallery_protocol is not None:
+        if FLAGS.bin or FLAGS.bin_dir or FLAGS.templates:
+            raise app.UsageError("--gallery_protocol runs the 1:N protocol alone; run evaluate.py once for each")
+        if len(FLAGS.model) != 1:
+            raise app.UsageError("--gallery_protocol evaluates one --model at a time")
+    elif FLAGS.templates is not None or FLAGS.template_pairs is not None:
         if not (FLAGS.templates and FLAGS.template_pairs):
             raise app.UsageError("--templates LIST_OR_DIR and --template_pairs FILE go together")
         if FLAGS.bin or FLAGS.bin_dir:
@@ -108,7 +120,9 @@ def main(argv):
 
     echo = lambda text: print(text, flush=True)  # noqa: E731
     with fail_cleanly("evaluate.py"):
-        if FLAGS.templates:
+        if FLAGS.gallery_protocol:
+            _gallery_protocol(labels, echo)
+        elif FLAGS.templates:
             _templates(labels, echo)
         else:
             _bins(labels, echo)
@@ -138,6 +152,15 @@ def _templates(labels, echo) -> None:
     out = FLAGS.out or _default_out((FLAGS.model[0] if len(models) == 1 else "compare") + "-templates")
     run_templates(models, protocol, out, folder_names([m.name for m in models]), FLAGS.batch_size,
                   FLAGS.save_scores, echo)
+
+
+def _gallery_protocol(labels, echo) -> None:
+    from probface_tf.eval.identification_run import run_protocol_folder
+
+    model = _load_models(labels)[0]
+    out = FLAGS.out or _default_out(FLAGS.model[0] + "-1n")
+    run_protocol_folder(model, FLAGS.gallery_protocol, FLAGS.image_root, out, FLAGS.ijb_target, FLAGS.ijb_gallery,
+                        FLAGS.batch_size, echo, FLAGS.plots)
 
 
 def _dashed_aliases(argv):

@@ -31,12 +31,8 @@ from probface_tf.search.gallery import METHODS, Gallery, GalleryError
 PROGRAM = "probface-gallery"
 
 
-def _open(path: str, dim: int | None = None, model_id: str = "") -> Gallery:
-    if os.path.exists(path):
-        return Gallery.load(path)
-    if dim is None:
-        raise GalleryError(f"gallery file {path} does not exist")
-    return Gallery(dim, model_id)
+def _open(path: str) -> Gallery:
+    return Gallery.load(path)  # names the file when it is missing or damaged
 
 
 def _embedder(args):
@@ -64,33 +60,61 @@ def _features(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return data["mu"], data["sigma_sq"], labels
 
 
+ENROL_CHUNK_IMAGES = 1024  # images embedded per extraction call (one input pipeline each)
+
+
+def _embedded_groups(embedder, groups):
+    """Yield (label, mu, sigma_sq) per identity, embedding whole identities in chunks of about
+    ``ENROL_CHUNK_IMAGES`` images, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    labels = list(groups)
+    bar = tqdm(total=sum(len(p) for p in groups.values()), desc="enrolling", unit="img",
+               disable=not sys.stderr.isatty())
+    start = 0
+    while start < len(labels):
+        stop, size = start, 0
+        while stop < len(labels) and (size == 0 or size + len(groups[labels[stop]]) <= ENROL_CHUNK_IMAGES):
+            size += len(groups[labels[stop]])
+            stop += 1
+        mu, sigma_sq = embedder.embed_files([p for label in labels[start:stop] for p in groups[label]])
+        offset = 0
+        for label in labels[start:stop]:
+            n = len(groups[label])
+            yield label, mu[offset:offset + n], sigma_sq[offset:offset + n]
+            offset += n
+        bar.update(size)
+        start = stop
+    bar.close()
+
+
 def enrol(args, echo) -> None:
+    gallery = Gallery.load(args.gallery) if os.path.exists(args.gallery) else None
     if args.source.endswith(".npz"):
         mu, sigma_sq, labels = _features(args.source)
         if len(labels) != len(mu):
             raise GalleryError(f"{args.source}: needs one label per mu row ({len(mu)}), got {len(labels)}")
-        gallery, groups = _open(args.gallery, mu.shape[1]), OrderedDict()
+        groups: OrderedDict[str, list[int]] = OrderedDict()
         for i, label in enumerate(labels):
             groups.setdefault(str(label), []).append(i)
-        items = [(label, mu[rows], sigma_sq.reshape(len(mu), -1).mean(axis=1)[rows]) for label, rows in groups.items()]
-        model_id = gallery.model_id
+        sigma_sq = sigma_sq.reshape(len(mu), -1).mean(axis=1)
+        items = ((label, mu[rows], sigma_sq[rows]) for label, rows in groups.items())
+        model_id = gallery.model_id if gallery is not None else ""
     else:
-        from tqdm import tqdm
-
         embedder = _embedder(args)
-        groups = _identities(args.source)
-        mu0, _ = embedder.embed_files(groups[next(iter(groups))][:1])
-        gallery, model_id = _open(args.gallery, mu0.shape[1], embedder.model_id), embedder.model_id
-        gallery.check_model(model_id)
-        items = ((label, *embedder.embed_files(paths)) for label, paths in
-                 tqdm(groups.items(), desc="enrolling", unit="identity", disable=not sys.stderr.isatty()))
+        model_id = embedder.model_id
+        if gallery is not None:
+            gallery.check_model(model_id)
+        items = _embedded_groups(embedder, _identities(args.source))
     added = replaced = 0
-    for label, mu, sigma_sq in items:  # every identity checked before the file is written
+    for label, images_mu, images_s in items:  # every identity checked before the file is written
+        if gallery is None:
+            gallery = Gallery(np.shape(images_mu)[1], model_id)
         if label in gallery and args.reenrol:
-            gallery.reenrol(label, mu, sigma_sq, model_id)
+            gallery.reenrol(label, images_mu, images_s, model_id)
             replaced += 1
         else:
-            gallery.add(label, mu, sigma_sq, model_id)
+            gallery.add(label, images_mu, images_s, model_id)
             added += 1
     gallery.save(args.gallery)
     echo(f"{args.gallery}: {added} identities enrolled, {replaced} re-enrolled, {len(gallery)} in the gallery")
