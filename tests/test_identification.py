@@ -170,7 +170,7 @@ def test_gallery_cli_with_precomputed_features(tmp_path, capsys):
     np.savez(tmp_path / "wide.npz", mu=np.ones((1, 8)), sigma_sq=[0.1], labels=["z"])
     with pytest.raises(SystemExit):
         gallery_cli(["search", gallery, str(tmp_path / "wide.npz")])
-    assert "[P, 16]" in capsys.readouterr().err
+    assert "probes: mu must be [n, 16]" in capsys.readouterr().err
     open(tmp_path / "cut.npz", "wb").write(before[:100])
     with pytest.raises(SystemExit):
         gallery_cli(["info", str(tmp_path / "cut.npz")])

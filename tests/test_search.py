@@ -1,10 +1,10 @@
 """1:N search: exact and faiss + bound top-k against a float64 brute-force loop, the bound itself, galleries."""
+import functools
 import os
 
 import numpy as np
 import pytest
 
-from probface_tf import fusion
 from probface_tf.search import BandedIndex, Gallery, GalleryError, exact_topk, fastmls_upper_bound
 from probface_tf.search import decision
 from probface_tf.search.gallery import FORMAT_VERSION
@@ -55,46 +55,46 @@ def _case(kind, seed=0, n=400, p=24, d=16):
 CASES = ("wide", "narrow", "ties", "near")
 
 
+@functools.lru_cache(maxsize=None)
+def _reference(kind):
+    """(case arrays, brute-force top-10 scores and rows), computed once per case."""
+    case = _case(kind)
+    return case, _brute(*case, 10)
+
+
+def _assert_equal_topk(result, reference):
+    np.testing.assert_array_equal(result[1], reference[1])  # same rows, same order
+    np.testing.assert_allclose(result[0], reference[0], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", CASES)
 def test_exact_topk_equals_brute_force(kind):
-    pm, ps, gm, gs = _case(kind)
-    ref_s, ref_i = _brute(pm, ps, gm, gs, 10)
-    s, i = exact_topk(pm, ps, gm, gs, 10, block_entries=24 * 300)  # two gallery blocks
-    np.testing.assert_array_equal(i, ref_i)
-    np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
+    (pm, ps, gm, gs), ref = _reference(kind)
+    _assert_equal_topk(exact_topk(pm, ps, gm, gs, 10, block_entries=24 * 300), ref)  # two gallery blocks
 
 
 @pytest.mark.parametrize("kind", CASES)
 @pytest.mark.parametrize("bands", [1, 3])
 def test_flat_index_with_bound_equals_brute_force(kind, bands):
-    pm, ps, gm, gs = _case(kind)
-    ref_s, ref_i = _brute(pm, ps, gm, gs, 10)
-    s, i = BandedIndex(gm, gs, "flat", bands=bands).search(pm, ps, 10)
-    np.testing.assert_array_equal(i, ref_i)
-    np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
+    (pm, ps, gm, gs), ref = _reference(kind)
+    _assert_equal_topk(BandedIndex(gm, gs, "flat", bands=bands).search(pm, ps, 10), ref)
 
 
 @pytest.mark.parametrize("kind", CASES)
 @pytest.mark.parametrize("block_rows", [64, 5000])
-def test_pruned_scan_equals_brute_force(kind, block_rows):
-    pm, ps, gm, gs = _case(kind)
-    ref_s, ref_i = _brute(pm, ps, gm, gs, 10)
-    scan = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0)
-    blocks = []
-    scan_dense = scan.__class__._survivors
+def test_pruned_scan_equals_brute_force(kind, block_rows, monkeypatch):
+    (pm, ps, gm, gs), ref = _reference(kind)
+    kept = []
+    survivors = PrunedScan._survivors
 
-    def spy(self, keep, *args):  # the sparse path must actually run (and prune) on these galleries
-        blocks.append(keep.mean())
-        return scan_dense(self, keep, *args)
+    def spy(self, keep, *args):  # the pruned path must actually run (and prune) on these galleries
+        kept.append(keep.mean())
+        return survivors(self, keep, *args)
 
-    scan.__class__._survivors = spy
-    try:
-        s, i = scan.search(pm, ps, 10)
-    finally:
-        scan.__class__._survivors = scan_dense
-    assert blocks and min(blocks) < 0.9
-    np.testing.assert_array_equal(i, ref_i)
-    np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(PrunedScan, "_survivors", spy)
+    result = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0).search(pm, ps, 10)
+    assert kept and min(kept) < 0.9
+    _assert_equal_topk(result, ref)
 
 
 def test_cosine_topk_and_hnsw_recall():
@@ -173,7 +173,7 @@ def test_search_finds_the_enrolled_identity_with_every_method(gallery):
 def test_bad_inputs_name_what_is_wrong(gallery, tmp_path):
     with pytest.raises(GalleryError, match="model 'model-A'.*'model-B'"):
         gallery.search(gallery.mu[:1], [0.2], model_id="model-B")
-    with pytest.raises(GalleryError, match=r"\[P, 16\]"):
+    with pytest.raises(GalleryError, match=r"probes: mu must be \[n, 16\]"):
         gallery.search(np.zeros((1, 8)), [0.2])
     with pytest.raises(GalleryError, match="'eve'.*\\[n, 16\\]"):
         gallery.add("eve", np.zeros((2, 8)), [0.1, 0.1])

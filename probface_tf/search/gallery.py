@@ -58,16 +58,22 @@ class Gallery:
             raise GalleryError(f"the gallery was made with model {self.model_id!r}; embeddings of model "
                                f"{model_id!r} cannot be searched in it or added to it")
 
-    def _fused(self, label: str, mu, sigma_sq) -> tuple[np.ndarray, float]:
-        mu = np.asarray(mu, np.float64)
-        mu = mu[None] if mu.ndim == 1 else mu
-        if mu.ndim != 2 or mu.shape[1] != self.dim:
-            raise GalleryError(f"identity {label!r}: mu must be [n, {self.dim}] for this gallery, got "
+    def _embeddings(self, mu, sigma_sq, what: str, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``mu [n, D]`` (a single [D] row accepted) and one scalar ``sigma_sq`` per row, checked against the
+        gallery's embedding size; ``what`` names them in the error."""
+        rows = np.asarray(mu, dtype)
+        rows = rows[None] if rows.ndim == 1 else rows
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise GalleryError(f"{what}: mu must be [n, {self.dim}] to match the gallery's embedding size, got "
                                f"{np.shape(mu)}")
-        s = np.asarray(sigma_sq, np.float64).reshape(-1)
-        if s.shape[0] != mu.shape[0]:
-            raise GalleryError(f"identity {label!r}: one scalar sigma_sq per image needed ({mu.shape[0]}), got "
-                               f"shape {np.shape(sigma_sq)}")
+        s = np.asarray(sigma_sq, dtype).reshape(-1)
+        if s.shape[0] != rows.shape[0]:
+            raise GalleryError(f"{what}: one scalar sigma_sq per row needed ({rows.shape[0]}), got shape "
+                               f"{np.shape(sigma_sq)}")
+        return rows, s
+
+    def _fused(self, label: str, mu, sigma_sq) -> tuple[np.ndarray, float]:
+        mu, s = self._embeddings(mu, sigma_sq, f"identity {label!r}", np.float64)
         try:
             fused_mu, fused_s = fuse_template(mu, s)
         except FusionError as exc:
@@ -130,15 +136,7 @@ class Gallery:
             raise GalleryError(f"unknown search method {method!r}: use one of {METHODS}")
         if not len(self):
             raise GalleryError("the gallery is empty: enrol identities before searching")
-        probe_mu = np.asarray(probe_mu, np.float32)
-        probe_mu = probe_mu[None] if probe_mu.ndim == 1 else probe_mu
-        if probe_mu.ndim != 2 or probe_mu.shape[1] != self.dim:
-            raise GalleryError(f"probe mu must be [P, {self.dim}] to match the gallery's embedding size, got "
-                               f"{np.shape(probe_mu)}")
-        probe_s = np.asarray(probe_sigma_sq, np.float32).reshape(-1)
-        if probe_s.shape[0] != probe_mu.shape[0]:
-            raise GalleryError(f"probe sigma_sq must hold one value per probe ({probe_mu.shape[0]}), got shape "
-                               f"{np.shape(probe_sigma_sq)}")
+        probe_mu, probe_s = self._embeddings(probe_mu, probe_sigma_sq, "probes", np.float32)
         norm = np.linalg.norm(probe_mu, axis=1, keepdims=True)
         probe_mu = probe_mu / np.where(norm == 0, 1, norm)
         try:
