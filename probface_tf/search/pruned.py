@@ -15,7 +15,7 @@ import numpy as np
 
 from probface_tf import scoring
 from probface_tf.search.bound import COSINE_SLACK, RELATIVE_SLACK, fastmls_of_cosine, fastmls_upper_bound
-from probface_tf.search.topk import SearchError, block_scores, merge_topk
+from probface_tf.search.topk import SearchError, block_candidates, block_scores, merge_topk
 
 BLOCK_ROWS = 16384
 SEED_ROWS = 1024  # a small first block, scored whole, gives every probe a k-th score to prune with
@@ -84,19 +84,16 @@ class PrunedScan:
         k = min(k, n)
         best_s, best_i = np.full((len(probes), k), -np.inf), np.full((len(probes), k), -1, np.int64)
         seed = min(n, max(self.seed_rows, 4 * k))
-        for start, stop in zip(*(lambda e: (e[:-1], e[1:]))(np.r_[0, np.arange(seed, n, self.block_rows), n])):
+        edges = np.r_[0, np.arange(seed, n, self.block_rows), n]
+        for start, stop in zip(edges[:-1], edges[1:]):
             rows = self.order[start:stop]
             cut = cosine_cut(best_s[:, -1], probe_s, float(self.sorted_s[stop - 1]), float(self.sorted_s[start]))
             cos = probes @ self.sorted_mu[start:stop].T
-            keep = cos >= cut[:, None].astype(np.float32)
+            keep = cos >= np.nextafter(cut.astype(np.float32), np.float32(-np.inf))[:, None]  # rounded down
             if np.count_nonzero(keep) > self.dense_fraction * keep.size:
                 block = block_scores("fastmls", probes, probe_s, self.sorted_mu[start:stop], self.sorted_s[start:stop])
-                width = min(k, stop - start)
-                part = np.argpartition(-block, width - 1, axis=1)[:, :width]
-                kth = np.take_along_axis(block, part, axis=1).min(axis=1, keepdims=True)
-                ties = int((block >= kth).sum(axis=1).max())  # keep every entry tied with the k-th
-                part = np.argpartition(-block, ties - 1, axis=1)[:, :ties]
-                cand_s, cand_i = np.take_along_axis(block, part, axis=1), rows[part]
+                cand_s, cols = block_candidates(block, k)
+                cand_i = rows[cols]
             else:
                 cand_s, cand_i = self._survivors(keep, cos, start, rows, probes, probe_s, best_s)
                 if cand_s is None:

@@ -67,6 +67,16 @@ def candidate_scores(score: str, probe_mu, probe_s, gallery_mu, gallery_s, ids: 
     return np.where(ids < 0, -np.inf, flat.reshape(p, n))
 
 
+def block_candidates(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, columns) holding each row's k best entries of a [P, n] score block and every entry tied with
+    the k-th (np.argpartition's cut is arbitrary among ties, and ties are ordered by row later)."""
+    keep = min(k, block.shape[1])
+    kth = -np.partition(-block, keep - 1, axis=1)[:, keep - 1:keep]
+    width = int((block >= kth).sum(axis=1).max())
+    cols = np.argpartition(-block, width - 1, axis=1)[:, :width]
+    return np.take_along_axis(block, cols, axis=1), cols
+
+
 def exact_topk(probe_mu, probe_s, gallery_mu, gallery_s, k: int, score: str = "fastmls",
                block_entries: int = BLOCK_ENTRIES) -> tuple[np.ndarray, np.ndarray]:
     """(scores [P, k'], ids [P, k']) with k' = min(k, G): brute force over gallery blocks, running top-k merge."""
@@ -83,12 +93,8 @@ def exact_topk(probe_mu, probe_s, gallery_mu, gallery_s, k: int, score: str = "f
     for start in range(0, n, gallery_block):
         stop = min(n, start + gallery_block)
         block = block_scores(score, probe_mu, probe_s, gallery_mu[start:stop], gallery_s[start:stop])
-        keep = min(k, stop - start)
-        # np.argpartition's cut is arbitrary among ties, so keep everything tied with the k-th score
-        kth = -np.partition(-block, keep - 1, axis=1)[:, keep - 1:keep]
-        width = int((block >= kth).sum(axis=1).max())
-        part = np.argpartition(-block, width - 1, axis=1)[:, :width]  # holds every entry >= the k-th
-        cand_s = np.take_along_axis(block, part, axis=1)
+        cand_s, cols = block_candidates(block, k)
+        cand_i = cols + start
         best_s, best_i = merge_topk(np.concatenate([best_s, cand_s], axis=1),
-                                    np.concatenate([best_i, part + start], axis=1), k)
+                                    np.concatenate([best_i, cand_i], axis=1), k)
     return best_s, best_i
