@@ -1,6 +1,6 @@
 """Exact FastMLS top-k by one cosine scan with bound pruning: about the cost of a cosine top-k.
 
-The gallery is held sorted by sigma_sq (descending) in blocks. For each block, one float32 matmul gives the
+The gallery is scanned in blocks of rows sorted by sigma_sq (descending). For each block, one float32 matmul gives the
 cosines of every probe with every row, as a cosine search would; FastMLS is then computed exactly (float64) only
 for the entries whose cosine can still matter: by ``bound.fastmls_upper_bound``, a row of cosine c and sigma_sq in
 the block's range scores at most U(c), so an entry with U(c) below the probe's current k-th score cannot enter
@@ -43,8 +43,10 @@ class PrunedScan:
         sigma_sq = np.asarray(sigma_sq, np.float32).reshape(-1)
         if len(mu) == 0:
             raise SearchError("the gallery is empty: enrol identities before searching")
+        # no sorted copy of mu: each block's rows are gathered when it is scanned (16k x D floats, a small cost
+        # next to its matmul), so the search adds only the order and a sorted sigma_sq to the gallery's memory
         self.order = np.argsort(-sigma_sq, kind="stable")  # sorted rows -> gallery rows
-        self.sorted_mu = mu[self.order]  # the one copy this search holds: N x D float32
+        self.mu = mu
         self.sorted_s, self.block_rows, self.seed_rows = sigma_sq[self.order], int(block_rows), int(seed_rows)
         self.dense_fraction = float(dense_fraction)
 
@@ -68,7 +70,7 @@ class PrunedScan:
         if not pr.size:
             return None, None
         exact = scoring.fastmls_scores(probes[pr].astype(np.float64), probe_s[pr],
-                                       self.sorted_mu[start + pc].astype(np.float64),
+                                       self.mu[rows[pc]].astype(np.float64),
                                        self.sorted_s[start + pc].astype(np.float64))
         counts = np.bincount(pr, minlength=len(probes))
         slot = np.arange(pr.size) - (np.cumsum(counts) - counts)[pr]
@@ -88,10 +90,11 @@ class PrunedScan:
         for start, stop in zip(edges[:-1], edges[1:]):
             rows = self.order[start:stop]
             cut = cosine_cut(best_s[:, -1], probe_s, float(self.sorted_s[stop - 1]), float(self.sorted_s[start]))
-            cos = probes @ self.sorted_mu[start:stop].T
+            block_mu = self.mu[rows]
+            cos = probes @ block_mu.T
             keep = cos >= np.nextafter(cut.astype(np.float32), np.float32(-np.inf))[:, None]  # rounded down
             if np.count_nonzero(keep) > self.dense_fraction * keep.size:
-                block = block_scores("fastmls", probes, probe_s, self.sorted_mu[start:stop], self.sorted_s[start:stop])
+                block = block_scores("fastmls", probes, probe_s, block_mu, self.sorted_s[start:stop])
                 cand_s, cols = block_candidates(block, k)
                 cand_i = rows[cols]
             else:
