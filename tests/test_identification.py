@@ -84,6 +84,8 @@ def test_folder_protocol_scores_and_thresholds(tmp_path):
     t = result["thresholds"]["fastmls"]["0.1"]["score_threshold"]
     best = scored["fastmls"].max(axis=1)[scored["mate"] < 0]
     assert np.mean(best >= t) <= 0.1
+    risk = result["thresholds"]["fastmls"]["0.1"]["sigma_sq_threshold"]
+    assert np.mean(scored["probe_sigma_sq"] > risk) == pytest.approx(0.1, abs=1 / len(scored["probes"]))
     assert set(result["rows"]) == {"cosine", "fastmls", "fastmls_reject10", "fastmls_reject20", "fastmls_reject30"}
     (tmp_path / "probes.csv").unlink()
     with pytest.raises(ProtocolError, match="missing probes.csv"):

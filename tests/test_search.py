@@ -233,3 +233,5 @@ def test_open_set_decisions_from_calibrated_thresholds():
     th = decision.calibrate(nonmated, 0.2, probe_sigma_sq=np.arange(10.0), reject_fraction=0.1)
     out = decision.decide([0.0, -3.0, 0.0], [1.0, 1.0, 9.5], th)
     assert out == ["identified", "unknown", "uncertain"]
+    th["sigma_sq_threshold"] = None  # as read back from results.json: no risk threshold
+    assert decision.decide([0.0], [9.5], th) == ["identified"]

@@ -29,6 +29,7 @@ from probface_tf.search.decision import calibrate
 from probface_tf.search.topk import block_scores
 
 GALLERY_FILE, PROBES_FILE = "gallery.csv", "probes.csv"
+RISK_REJECT_FRACTION = 0.1  # stored risk threshold: the riskiest 10 % of the run's probes are 'uncertain'
 
 
 class ProtocolError(ValueError):
@@ -93,7 +94,7 @@ def score_protocol(protocol: IdentificationProtocol, mu, sigma_sq) -> dict:
             "fastmls": block_scores("fastmls", p_mu, p_s, g_mu, g_s)}
 
 
-def identification_results(scored: dict, fpirs=ident.FPIRS, reject_fraction: float = 0.0) -> dict:
+def identification_results(scored: dict, fpirs=ident.FPIRS, reject_fraction: float = RISK_REJECT_FRACTION) -> dict:
     rows = ident.evaluate_identification(scored["cosine"], scored["fastmls"], scored["mate"],
                                          scored["probe_sigma_sq"])
     nonmated = scored["mate"] < 0

@@ -54,6 +54,7 @@ def decide(best_scores, probe_sigma_sq, thresholds: dict) -> list[str]:
         raise CalibrationError("the gallery has no calibrated thresholds: run a 1:N evaluation and calibrate, "
                                "or pass --threshold")
     best = np.asarray(best_scores, np.float64).ravel()
-    risky = np.asarray(probe_sigma_sq, np.float64).ravel() > thresholds.get("sigma_sq_threshold", np.inf)
+    limit = thresholds.get("sigma_sq_threshold")  # None: JSON's spelling of "no risk threshold" (inf)
+    risky = np.asarray(probe_sigma_sq, np.float64).ravel() > (np.inf if limit is None else limit)
     return [UNCERTAIN if r else (IDENTIFIED if b >= thresholds["score_threshold"] else UNKNOWN)
             for b, r in zip(best, risky)]
