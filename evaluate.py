@@ -4,6 +4,7 @@
                        --bin FILE [--bin FILE ...] [--bin_dir DIR --targets lfw,cfp_fp,...]
                        [--config CFG] [--batch_size 128] [--fusion max|sum] [--out DIR] [--save-scores]
     python evaluate.py --model PATH [--model PATH ...] --templates LIST_OR_DIR --template_pairs FILE
+    python evaluate.py --model PATH --gallery_protocol DIR [--image_root ROOT] [--ijb_gallery G1|G2|both]
 
 PATH: a SavedModel (export directory or base), a .keras model (ProbFace or a baseline with outputs mu and
 uncertainty), a ScaleFace run dir, or an original TF1 run dir / checkpoint (give its config with --config).
