@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from probface_tf.scoring import MLS_EPSILON
+from probface_tf.mls import fastmls_terms
 
 COSINE_SLACK = 1e-5  # float32 cosines of unit vectors (faiss) are within ~1e-6 of the exact ones
 RELATIVE_SLACK = 1e-9  # the scores' own rounding and the 1e-10 of the FastMLS denominator
@@ -19,8 +19,7 @@ RELATIVE_SLACK = 1e-9  # the scores' own rounding and the 1e-10 of the FastMLS d
 
 def fastmls_of_cosine(cosine, mutual) -> np.ndarray:
     """FastMLS from a cosine and s1 + s2 (float64), for filtering; ranking scores come from ``scoring``."""
-    c, mutual = np.asarray(cosine, np.float64), np.asarray(mutual, np.float64)
-    return -(2.0 * (1.0 - c) / (mutual + MLS_EPSILON) + np.log(mutual))
+    return -fastmls_terms(np.asarray(cosine, np.float64), np.asarray(mutual, np.float64))[1]
 
 
 def fastmls_upper_bound(cosine, s1, s2_min, s2_max) -> np.ndarray:

@@ -38,6 +38,9 @@ from probface_tf.train.distribute import distribute_batch, first_replica, gather
 from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_run_dir, interactive, latest_run_dir
 from probface_tf.train.loop import NonFiniteLossError, configure_runtime
 from probface_tf.train.optimizer import make_optimizer
+from probface_tf.train.preflight import preflight
+from probface_tf.train.run_lock import unlock_run
+from probface_tf.train.run_record import record_resume
 from probface_tf.train.schedule import learning_rate_at
 
 BACKBONE_FILE = "backbone.keras"
@@ -257,6 +260,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
     configure_runtime(cfg)
     data = _open_data(cfg)
+    locked = preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
     num_classes = _num_classes(cfg, data)
     chief = is_chief(strategy)
     if run_dir is None:
@@ -277,6 +281,8 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     if resume:
         latest = tf.train.latest_checkpoint(os.path.join(restore_dir, "checkpoints")) if restore_dir else None
         log.text(f"resumed from {latest or 'scratch'} at step {global_step}")
+        for k, (a, b) in (record_resume(restore_dir, cfg, global_step) if chief and restore_dir else {}).items():
+            log.text(f"resume changes {k}: {a!r} -> {b!r}")
     log.text(banner(cfg))
     log.text(f"backbone: {len(data)} images of {data.num_classes} identities, {cfg.margin_loss} head over "
              f"{num_classes} classes")
@@ -315,6 +321,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
+    unlock_run(locked)
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": trainer.backbone}
 
 

@@ -33,6 +33,9 @@ from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_r
 from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, is_chief, \
     run, strategy_from_config, worker_scratch_dir
 from probface_tf.train.optimizer import make_optimizer
+from probface_tf.train.preflight import preflight
+from probface_tf.train.run_lock import unlock_run
+from probface_tf.train.run_record import record_resume
 from probface_tf.train.schedule import learning_rate_at
 
 
@@ -346,6 +349,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
     notes = check_inputs(cfg)
     for note in notes:
         print(note, file=sys.stderr, flush=True)
+    locked = preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
     if resume:
         run_dir, note = _resume_target(cfg, run_dir)
         notes.append(note)
@@ -364,6 +368,9 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
         latest = checkpoints.manager.latest_checkpoint
         notes.append(f"resumed from checkpoint {latest} at step {global_step}" if latest
                      else f"no checkpoint in {run_dir}: starting at step 0")
+        if is_chief(strategy):
+            notes += [f"resume changes {k}: {old!r} -> {new!r}" for k, (old, new) in
+                      record_resume(run_dir, cfg, global_step).items()]
     batches = _batches(cfg, trainer, global_step)
     chief = is_chief(strategy)
     if not chief:  # other workers of a cluster write nothing shared: their files go to a private folder
@@ -433,6 +440,7 @@ def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: st
             bar.close()
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
+    unlock_run(locked)
     return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": model}
 
 
