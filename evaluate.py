@@ -4,6 +4,7 @@
                        --bin FILE [--bin FILE ...] [--bin_dir DIR --targets lfw,cfp_fp,...]
                        [--config CFG] [--batch_size 128] [--fusion max|sum] [--out DIR] [--save-scores]
     python evaluate.py --model PATH [--model PATH ...] --templates LIST_OR_DIR --template_pairs FILE
+    python evaluate.py --model PATH --gallery_protocol DIR [--image_root ROOT] [--ijb_gallery G1|G2|both]
     python evaluate.py --model PATH --ijb ijba|ijbc --ijb_images DIR --ijb_proto DIR [--template_fusion pfe]
     python evaluate.py --model PATH --lfw_dir DIR --lfw_pairs pairs.txt
     python evaluate.py --model M.keras --explain IMAGE_OR_DIR --out DIR
@@ -14,7 +15,9 @@ Prints, per dataset, the original verification and risk-controlled lines and the
 then a summary table; writes results.json, results.md, PNG figures and (with --save-scores) <name>/scores.npz
 into --out. With several --model: each model's outputs in --out/<method>/, and a comparison table (method x
 dataset) in --out/results.md, results.json ("comparison") and on stdout. With --templates: TAR@FAR of template
-pairs for PFE fusion + FastMLS, PFE fusion + cosine and mean pooling + cosine.
+pairs for PFE fusion + FastMLS, PFE fusion + cosine and mean pooling + cosine. With --gallery_protocol DIR: 1:N
+identification (CMC, TPIR@FPIR for cosine, FastMLS and FastMLS with the riskiest probes rejected; the open-set
+thresholds a gallery stores, see docs/search.md).
 """
 import os
 import sys
@@ -52,6 +55,11 @@ flags.DEFINE_string("lfw_dir", None, "LFW image folder (aligned, any nesting): t
 flags.DEFINE_string("lfw_pairs", None, "the standard LFW pairs.txt (with --lfw_dir)")
 flags.DEFINE_string("explain", None, "image file or folder: write Grad-CAM panels [image | sigma_sq | mu] of the "
                     ".keras --model into --out (the original's Grad-CAM tool)")
+flags.DEFINE_string("gallery_protocol", None, "1:N identification: a folder with gallery.csv and probes.csv "
+                    "(identity,image_path rows), insightface's IJB-C/IJB-B meta folder (with --ijb_target), or a "
+                    "BLUFR configuration folder (id_lfw.mat, ...); images under --image_root")
+flags.DEFINE_string("ijb_target", "ijbc", "IJB 1:N meta files' prefix: ijbc or ijbb")
+flags.DEFINE_string("ijb_gallery", "both", "IJB 1:N gallery set: G1, G2 (IJB-B: S1, S2) or both")
 flags.DEFINE_integer("batch_size", 128, "images per forward pass")
 flags.DEFINE_enum("fusion", "max", ["max", "sum", "min", "mean", "harmonic"],
                   "pair uncertainty of the risk-controlled table: fusion of the two images' sigma_sq")
@@ -93,6 +101,11 @@ def _check_flags() -> list[str]:
     elif FLAGS.ijb is not None:
         if not (FLAGS.ijb_images and FLAGS.ijb_proto) or FLAGS.bin or FLAGS.bin_dir or FLAGS.templates:
             raise app.UsageError("--ijb needs --ijb_images DIR and --ijb_proto DIR and no --bin/--bin_dir/--templates")
+    elif FLAGS.gallery_protocol is not None:
+        if FLAGS.bin or FLAGS.bin_dir or FLAGS.templates:
+            raise app.UsageError("--gallery_protocol runs the 1:N protocol alone; run evaluate.py once for each")
+        if len(FLAGS.model) != 1:
+            raise app.UsageError("--gallery_protocol evaluates one --model at a time")
     elif FLAGS.templates is not None or FLAGS.template_pairs is not None:
         if not (FLAGS.templates and FLAGS.template_pairs):
             raise app.UsageError("--templates LIST_OR_DIR and --template_pairs FILE go together")
@@ -147,6 +160,8 @@ def main(argv):
             _lfw_pairs(labels, echo)
         elif FLAGS.ijb:
             _ijb(labels, echo)
+        elif FLAGS.gallery_protocol:
+            _gallery_protocol(labels, echo)
         elif FLAGS.templates:
             _templates(labels, echo)
         else:
@@ -216,6 +231,15 @@ def _lfw_pairs(labels, echo) -> None:
     check_out_dir(out)
     models = _load_models(labels)
     run_lfw_pairs(models, pairs, out, FLAGS.batch_size, echo)
+
+
+def _gallery_protocol(labels, echo) -> None:
+    from probface_tf.eval.identification_run import run_protocol_folder
+
+    model = _load_models(labels)[0]
+    out = FLAGS.out or _default_out(FLAGS.model[0] + "-1n")
+    run_protocol_folder(model, FLAGS.gallery_protocol, FLAGS.image_root, out, FLAGS.ijb_target, FLAGS.ijb_gallery,
+                        FLAGS.batch_size, echo, FLAGS.plots)
 
 
 def _dashed_aliases(argv):

@@ -26,13 +26,14 @@ setup(
         # TensorFlow is an extra so CPU and GPU users pick the matching wheel.
         # llvmlite compiles the per-entry FastMLS tail of all-pairs scoring; without it NumPy does the same work
         # photos: MTCNN face detection (weights ship in the wheel) and OpenCV for the alignment warp
+        # faiss-cpu: candidate retrieval of 1:N search (flat / HNSW); exact search needs only NumPy
         "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
-                "opencv-python-headless>=4.8"],
+                "opencv-python-headless>=4.8", "faiss-cpu>=1.7"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
-                "opencv-python-headless>=4.8"],
+                "opencv-python-headless>=4.8", "faiss-cpu>=1.7"],
         "photos": ["mtcnn>=1.0,<2", "opencv-python-headless>=4.8"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "opencv-python-headless>=4.8", "scikit-image>=0.21",
-                *EXPORT],
+                "faiss-cpu>=1.7", *EXPORT],
         "export": EXPORT,
     },
     entry_points={
@@ -41,6 +42,7 @@ setup(
             "probface-export=probface_tf.export.cli:run",
             "probface-data=probface_tf.data.cli:run",
             "probface=probface_tf.face_cli:run",
+            "probface-gallery=probface_tf.search.cli:run",
         ]
     },
 )

@@ -1,0 +1,141 @@
+"""1:N search speed: exact FastMLS top-10 (bound-pruned scan) versus faiss cosine top-10, and HNSW.
+
+Gallery of ``--n`` random unit vectors (D = 256) with sigma_sq spread uniformly in [0.2, 0.6], ``--probes``
+probes, all in one run:
+
+* ``faiss_cosine_seconds``: ``faiss.IndexFlatIP`` top-10 by cosine, the baseline;
+* ``fastmls_exact_seconds``: ``PrunedScan`` top-10 by FastMLS (the gallery's 'exact' method); ``exact`` is true
+  when its ids and order equal the brute-force FastMLS top-10 (``exact_topk``, float64, timed as
+  ``brute_force_seconds``); ``ratio_fastmls_vs_faiss_cosine`` is its time over the faiss cosine time;
+* ``fastmls_flat_seconds``: ``BandedIndex('flat')`` (faiss flat retrieval + bound), ``flat_exact`` the same check;
+* ``hnsw_*``: ``BandedIndex('hnsw')`` on the first ``--hnsw_n`` rows (its build is slow): build time, search time,
+  speed-up over the flat FastMLS search of the same rows and recall@10 against their exact FastMLS top-10.
+
+Peak RSS is read from ``resource.getrusage`` (``gallery_bytes`` is the float32 mu + sigma_sq of the gallery;
+``peak_rss_bytes_exact_search`` is taken before any faiss index copies the gallery).
+Goals: exact FastMLS <= 1.3x faiss cosine; HNSW >= 10x faster than exact with recall@10 >= 0.99.
+
+    python benchmarks/search.py [--n 1000000] [--probes 1000] [--dim 256] [--threads 2] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import faiss
+import numpy as np
+
+from probface_tf.search.index import BandedIndex
+from probface_tf.search.pruned import PrunedScan
+from probface_tf.search.topk import exact_topk
+
+K = 10
+
+
+def _unit(rng, n: int, dim: int, chunk: int = 65536) -> np.ndarray:
+    """Random unit rows, made in chunks so that no temporary inflates the peak RSS."""
+    x = np.empty((n, dim), np.float32)
+    for start in range(0, n, chunk):
+        part = x[start:start + chunk]
+        part[:] = rng.standard_normal(part.shape, dtype=np.float32)
+        part /= np.linalg.norm(part, axis=1, keepdims=True)
+    return x
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(n: int, probes: int, dim: int, threads: int, hnsw_n: int = 200_000, skip_flat: bool = False,
+        seed: int = 0) -> dict:
+    faiss.omp_set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    gallery, gallery_s = _unit(rng, n, dim), rng.uniform(0.2, 0.6, n).astype(np.float32)
+    query, query_s = _unit(rng, probes, dim), rng.uniform(0.2, 0.6, probes).astype(np.float32)
+    # a few probes are noisy copies of gallery rows, so that some top-1 cosines are high as in real searches
+    query[: probes // 2] = gallery[: probes // 2] + 0.05 * _unit(rng, probes // 2, dim)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    gallery_bytes = gallery.nbytes + gallery_s.nbytes
+    rss_data = _peak_rss_bytes()
+
+    scan, scan_build = _timed(lambda: PrunedScan(gallery, gallery_s))
+    (_, scan_ids), scan_seconds = _timed(lambda: scan.search(query, query_s, K))
+    rss_scan = _peak_rss_bytes()  # before any faiss index holds its own copy of the gallery
+    del scan
+    cosine = faiss.IndexFlatIP(dim)
+    cosine.add(gallery)
+    _, cosine_seconds = _timed(lambda: cosine.search(query, K))
+    del cosine
+    if skip_flat:
+        flat_seconds = flat_build = cosine_again = float("nan")
+        flat_ids = None
+    else:
+        flat, flat_build = _timed(lambda: BandedIndex(gallery, gallery_s, "flat"))
+        (_, flat_ids), flat_seconds = _timed(lambda: flat.search(query, query_s, K))
+        _, cosine_again = _timed(lambda: flat.search(query, query_s, K, score="cosine"))
+        del flat
+    rss_flat = _peak_rss_bytes()
+    (_, brute_ids), brute_seconds = _timed(lambda: exact_topk(query, query_s, gallery, gallery_s, K))
+    # HNSW builds at ~1k rows/s per core on this class of machine: it is measured on the first hnsw_n rows
+    m = min(n, hnsw_n)
+    sub_ids = brute_ids if m == n else exact_topk(query, query_s, gallery[:m], gallery_s[:m], K)[1]
+    _, sub_exact_seconds = _timed(lambda: PrunedScan(gallery[:m], gallery_s[:m]).search(query, query_s, K))
+    hnsw, hnsw_build = _timed(lambda: BandedIndex(gallery[:m], gallery_s[:m], "hnsw"))
+    (_, hnsw_ids), hnsw_seconds = _timed(lambda: hnsw.search(query, query_s, K))
+    recall = np.mean([len(set(a) & set(b)) / K for a, b in zip(hnsw_ids, sub_ids)])
+    return {
+        "n": n, "probes": probes, "dim": dim, "threads": threads, "k": K,
+        "faiss_cosine_seconds": cosine_seconds,
+        "fastmls_exact_seconds": scan_seconds,
+        "fastmls_exact_build_seconds": scan_build,
+        "ratio_fastmls_vs_faiss_cosine": scan_seconds / cosine_seconds,
+        "exact": bool(np.array_equal(scan_ids, brute_ids)),
+        "fastmls_flat_seconds": flat_seconds,
+        "fastmls_flat_build_seconds": flat_build,
+        "banded_cosine_seconds": cosine_again,
+        "ratio_flat_vs_faiss_cosine": flat_seconds / cosine_seconds,
+        "flat_exact": None if flat_ids is None else bool(np.array_equal(flat_ids, brute_ids)),
+        "brute_force_seconds": brute_seconds,
+        "hnsw_n": m,
+        "hnsw_build_seconds": hnsw_build,
+        "hnsw_seconds": hnsw_seconds,
+        "fastmls_exact_seconds_at_hnsw_n": sub_exact_seconds,
+        "hnsw_speedup_vs_exact": sub_exact_seconds / hnsw_seconds,
+        "hnsw_recall_at_10": float(recall),
+        "gallery_bytes": gallery_bytes,
+        "peak_rss_bytes_after_data": rss_data,
+        "peak_rss_bytes_exact_search": rss_scan,
+        "peak_rss_bytes_flat_search": rss_flat,
+        "peak_rss_bytes": _peak_rss_bytes(),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--probes", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hnsw_n", type=int, default=200_000, help="HNSW figures on the first rows only")
+    parser.add_argument("--skip_flat", action="store_true", help="leave out the faiss flat + bound search")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    result = run(args.n, args.probes, args.dim, args.threads, args.hnsw_n, args.skip_flat)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""What a gallery needs from a model: ``embed(images) -> (mu [N, D], sigma_sq [N])`` and a ``model_id``.
+
+``ModelEmbedder`` adapts the evaluator's ``LoadedModel`` (``probface_tf.eval.model_loader.load_model``) to it and
+adds ``embed_files(paths)`` (decoding and preprocessing as the evaluator does). The model id is a fingerprint of
+the model's function, not of its path: the first values of ``mu`` for a fixed pseudo-random image, rounded, hashed,
+so that a copied or re-exported model keeps its id and a retrained one gets a new one.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from probface_tf.eval.extraction import extract_files
+from probface_tf.eval.model_loader import load_model
+
+FINGERPRINT_DECIMALS = 2  # survives float32/bfloat16 kernels and thread-count differences, not retraining
+
+
+class EmbedderError(ValueError):
+    """A model cannot serve a gallery (no sigma_sq, an image with no face); the message names it."""
+
+
+def model_fingerprint(embed, image_size) -> str:
+    """``sha1`` of the rounded ``mu`` of one fixed image of the model's input size."""
+    h, w = (int(s) for s in image_size)
+    image = np.random.default_rng(1234).uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
+    mu, _ = embed(image)
+    rounded = np.round(np.asarray(mu, np.float64)[0], FINGERPRINT_DECIMALS) + 0.0  # -0.0 -> 0.0
+    digest = hashlib.sha1(rounded.astype("<f8").tobytes() + str(mu.shape[1]).encode()).hexdigest()
+    return f"d{mu.shape[1]}-{digest[:16]}"
+
+
+class ModelEmbedder:
+    """A ``LoadedModel`` as a gallery embedder."""
+
+    def __init__(self, loaded, batch_size: int = 64):
+        if not loaded.has_sigma or not loaded.gaussian:
+            raise EmbedderError(f"model {loaded.path} has no sigma_sq output: a ProbFace gallery needs the "
+                                f"uncertainty of every image")
+        self.loaded, self.batch_size = loaded, int(batch_size)
+        self.model_id = model_fingerprint(self.embed, loaded.image_size)
+
+    @classmethod
+    def from_path(cls, path: str, config=None, batch_size: int = 64) -> "ModelEmbedder":
+        return cls(load_model(path, config), batch_size)
+
+    def embed(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed float32 images [N, H, W, 3] -> (mu [N, D], sigma_sq [N])."""
+        out = self.loaded(np.asarray(images, np.float32))
+        return out["mu"], out["sigma_sq"].reshape(len(out["mu"]), -1).mean(axis=1)
+
+    def embed_files(self, paths) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned face crops on disk -> (mu [N, D], sigma_sq [N]); an unreadable file is an error naming it."""
+        mu, sigma_sq, _ = extract_files([self.loaded], list(paths), self.batch_size, source="gallery images")[0]
+        return mu, sigma_sq.reshape(len(mu), -1).mean(axis=1)
