@@ -10,7 +10,7 @@ from PIL import Image
 from probface_tf.data.identification_protocol import write_identification_protocol
 from probface_tf.eval.identification import identification_metrics
 from probface_tf.eval.identification_run import run_protocol_folder
-from probface_tf.eval.model_loader import load_model
+import probface_tf as pf
 from probface_tf.fusion import fuse_template
 from probface_tf.search import Gallery, GalleryError
 from probface_tf.search.cli import run as gallery_cli
@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
             img = np.clip(base + rng.integers(-30, 31, base.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / "faces" / f"id{i}" / f"{k}.png")
     tiny_probface(0, **TINY).save(str(root / "tiny.keras"))
-    embedder = ModelEmbedder(load_model(str(root / "tiny.keras")))
+    embedder = ModelEmbedder(pf.load(str(root / "tiny.keras"), detector=None))
     return {"root": root, "model": str(root / "tiny.keras"), "embedder": embedder}
 
 
@@ -80,3 +80,34 @@ def test_demo_protocol_through_evaluate(setup):
     expected = identification_metrics(full, mate)
     for key in ("rank1", "tpir@fpir=0.1"):
         assert saved["rows"]["fastmls"][key] == pytest.approx(expected[key])
+
+
+def test_cli_enrols_and_searches_photos_and_names_a_probe_without_a_face(setup, tmp_path, capsys):
+    skimage_data = pytest.importorskip("skimage.data")
+    photos = tmp_path / "photos"
+    for label, image in (("astronaut", skimage_data.astronaut()), ("cameraman", skimage_data.camera())):
+        os.makedirs(photos / label)
+        Image.fromarray(image).convert("RGB").save(photos / label / "0.png")
+    Image.fromarray(np.full((240, 320, 3), 128, np.uint8)).save(tmp_path / "wall.png")  # no face at all
+    gallery = str(tmp_path / "people.npz")
+    gallery_cli(["enrol", gallery, "--model", setup["model"], "--photos", str(photos)])
+    g = Gallery.load(gallery)
+    assert g.labels == ["astronaut", "cameraman"]
+    face = pf.load(setup["model"]).embed_photo(str(photos / "astronaut" / "0.png"), largest_face=True)[0]
+    np.testing.assert_allclose(g.mu[0], face.mu / np.linalg.norm(face.mu), atol=1e-5)  # one image: itself
+    capsys.readouterr()
+    gallery_cli(["search", gallery, "--model", setup["model"], "--photos", str(photos / "astronaut" / "0.png"),
+                 "--json"])
+    assert json.loads(capsys.readouterr().out)["results"][0]["matches"][0]["label"] == "astronaut"
+    before = open(gallery, "rb").read()
+    with pytest.raises(SystemExit):
+        gallery_cli(["search", gallery, "--model", setup["model"], "--photos", str(tmp_path / "wall.png")])
+    assert "wall.png: no face found" in capsys.readouterr().err
+    mixed = tmp_path / "mixed"  # a new identity whose only photo has no face, after one that has
+    os.makedirs(mixed / "nobody")
+    os.makedirs(mixed / "astronaut")
+    os.link(photos / "astronaut" / "0.png", mixed / "astronaut" / "0.png")
+    os.link(tmp_path / "wall.png", mixed / "nobody" / "wall.png")
+    with pytest.raises(SystemExit):
+        gallery_cli(["enrol", gallery, "--model", setup["model"], "--photos", "--reenrol", str(mixed)])
+    assert "no face found" in capsys.readouterr().err and open(gallery, "rb").read() == before

@@ -40,7 +40,7 @@ def _embedder(args):
 
     if not args.model:
         raise GalleryError("--model is required to embed images")
-    return ModelEmbedder.from_path(args.model, args.config, args.batch_size)
+    return ModelEmbedder.from_path(args.model, args.config, args.batch_size, photos=args.photos)
 
 
 def _identities(source: str) -> "OrderedDict[str, list[str]]":
@@ -77,7 +77,7 @@ def _embedded_groups(embedder, groups):
         while stop < len(labels) and (size == 0 or size + len(groups[labels[stop]]) <= ENROL_CHUNK_IMAGES):
             size += len(groups[labels[stop]])
             stop += 1
-        mu, sigma_sq = embedder.embed_files([p for label in labels[start:stop] for p in groups[label]])
+        mu, sigma_sq = embedder.embed_paths([p for label in labels[start:stop] for p in groups[label]])
         offset = 0
         for label in labels[start:stop]:
             n = len(groups[label])
@@ -128,7 +128,7 @@ def _probes(args, gallery) -> tuple[list[str], np.ndarray, np.ndarray, str]:
         return names, mu, sigma_sq.reshape(len(mu), -1).mean(axis=1), ""
     embedder = _embedder(args)
     gallery.check_model(embedder.model_id)
-    mu, sigma_sq = embedder.embed_files(args.probes)
+    mu, sigma_sq = embedder.embed_paths(args.probes)
     return list(args.probes), mu, sigma_sq, embedder.model_id
 
 
@@ -191,6 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     model_args.add_argument("--model", help="model path (as evaluate.py --model)")
     model_args.add_argument("--config", default=None, help="config file of the model's preprocessing")
     model_args.add_argument("--batch_size", type=int, default=64)
+    model_args.add_argument("--photos", action="store_true",
+                            help="images are photos: detect (MTCNN) and align the largest face of each first")
     p = sub.add_parser("enrol", parents=[model_args], help="enrol identities")
     p.add_argument("gallery")
     p.add_argument("source", help="folder of identity sub-folders, identity,image list, or features .npz")
