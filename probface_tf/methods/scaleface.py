@@ -14,12 +14,10 @@ import keras
 
 from probface_tf.config import load_config
 from probface_tf.methods.registry import BACKBONE_STAGE, Method, register_method
-from probface_tf.models.heads import ScaleFace, uncertainty_from_scale
+from probface_tf.models.heads import BACKBONE_FILE, SCALE_HEAD_FILE, ScaleFace, uncertainty_from_scale
 from probface_tf.models.layers import PACKAGE
 from probface_tf.models.probability_head import BaselineHeadError
 
-BACKBONE_FILE = "backbone.keras"  # the files a stage-1 run writes
-SCALE_HEAD_FILE = "scale_head.keras"
 
 
 def is_scaleface_run(path: str) -> bool:

@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from probface_tf.models.layers import PACKAGE, flat_size
 
+BACKBONE_FILE = "backbone.keras"  # a stage-1 run directory: the backbone alone
+SCALE_HEAD_FILE = "scale_head.keras"  # and, for ScaleFace, the scale head (features -> scale)
 SINE_EPSILON = 1e-12  # floor of 1 - cos^2 under the sqrt: keeps the gradient finite at cos = +-1
 DISTANCE_EPSILON = 1e-12  # floor of squared centre distances under the sqrt (finite gradient for equal centres)
 SCALE_ACTIVATIONS = ("sigm_mul", "exp", "softplus")

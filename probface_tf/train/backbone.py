@@ -37,8 +37,8 @@ from probface_tf.eval.model_loader import wrap_keras_model
 from probface_tf.eval.report import percentile_line, risk_line
 from probface_tf.eval.runner import evaluate_bin
 from probface_tf.methods import BACKBONE_STAGE, get_method
-from probface_tf.methods.scaleface import BACKBONE_FILE, SCALE_HEAD_FILE
-from probface_tf.models.heads import ScaleHead, softmax_cross_entropy, uniform_loss
+from probface_tf.models.heads import BACKBONE_FILE, SCALE_HEAD_FILE, ScaleHead, softmax_cross_entropy, \
+    uniform_loss
 from probface_tf.models.probface import build_probface
 from probface_tf.models.resface import backbone_spec, build_resface
 from probface_tf.train.checkpoints import save_keras

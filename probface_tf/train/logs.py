@@ -8,6 +8,8 @@ import time
 
 from tqdm import tqdm
 
+from probface_tf.config import overrides_text
+
 
 def create_run_dir(cfg, config_path: str | None = None) -> str:
     """``log_base_dir/name/YYYYmmdd-HHMMSS/`` with the config copied in as ``config.py`` (as the original)."""
@@ -36,8 +38,6 @@ def copy_config(run_dir: str, config_path: str | None, cfg=None) -> None:
     reproduces the run."""
     if not config_path:
         return
-    from probface_tf.config import overrides_text
-
     target = os.path.join(run_dir, "config.py")
     shutil.copyfile(config_path, target)
     extra = overrides_text(cfg) if cfg is not None else ""
