@@ -17,11 +17,12 @@ whose nearest centre is its own class), ``lr``, ``regu`` and ``uniform`` (unweig
 ScaleFace ``scale_mean`` / ``scale_min`` / ``scale_max``.
 
 :class:`BackboneTask` runs it under the one training loop (``probface_tf.train.trainer``); the margin head is
-the method ``margin_loss`` names in ``probface_tf.methods``. The run directory gets ``backbone.keras`` (the backbone alone: ``restore_model`` for head training), for
-ScaleFace ``scale_head.keras`` (features of ``uncertainty_module_input`` -> scale, whose inverse is the
-uncertainty), ``checkpoints/`` (backbone, centres, scale head, optimizer and step; resumable: the data order is
-a pure function of the step), ``training-log.txt`` and ``tensorboard/``. After each epoch the backbone's cosine
-10-fold accuracy on the configured ``.bin`` files is logged (with ScaleFace also the risk table of 1/scale).
+the method ``margin_loss`` names in ``probface_tf.methods``. The run directory gets ``backbone.keras`` (the
+backbone alone: ``restore_model`` for head training), for ScaleFace ``scale_head.keras`` (features of
+``uncertainty_module_input`` -> scale, whose inverse is the uncertainty), ``checkpoints/`` (backbone, centres,
+scale head, optimizer and step; resumable: the data order is a pure function of the step),
+``training-log.txt`` and ``tensorboard/``. After each epoch the backbone's cosine 10-fold accuracy on the
+configured ``.bin`` files is logged (with ScaleFace also the risk table of the method's uncertainty read-out).
 """
 from __future__ import annotations
 

@@ -76,11 +76,11 @@ class HeadTrainer:
         state stays exactly the one the losses describe until :meth:`_commit` (and can be saved in between)."""
         with tf.GradientTape() as tape:
             with keras.StatelessScope() as scope:
-                log_sigma_sq = self.head(features, training=True)
+                head_output = self.head(features, training=True)
             updates = [scope.get_current_value(v) for v in self._stateful]
             # regu reads the weights outside the scope (inside, unmapped variables read as None).
             regu = tf.add_n(self.head.losses) if self.head.losses else tf.constant(0.0)
-            total, watch = self.method.loss(self.cfg, labels, mu, log_sigma_sq, regu)
+            total, watch = self.method.loss(self.cfg, labels, mu, head_output, regu)
             scaled = self.optimizer.scale_loss(total)
         updates = [u if u is not None else v for u, v in zip(updates, self._stateful)]
         return watch, tape.gradient(scaled, self.variables), updates
