@@ -34,9 +34,6 @@ import tensorflow as tf
 from probface_tf.data.dataset import dataset_from_config
 from probface_tf.data.sampler import DecodeStats, iterate_batches
 from probface_tf.data.shuffled import make_shuffled_dataset
-from probface_tf.eval.model_loader import wrap_keras_model
-from probface_tf.eval.report import percentile_line, risk_line
-from probface_tf.eval.runner import evaluate_bin
 from probface_tf.methods import BACKBONE_STAGE, get_method
 from probface_tf.models.heads import BACKBONE_FILE, SCALE_HEAD_FILE, ScaleHead, softmax_cross_entropy, \
     uniform_loss
@@ -45,7 +42,7 @@ from probface_tf.models.resface import backbone_spec, build_resface
 from probface_tf.train.checkpoints import save_keras
 from probface_tf.train.checks import finite_values
 from probface_tf.train.distribute import distribute_batch, first_replica, gather, replica_sum, run
-from probface_tf.train.epoch_eval import training_bin_paths
+from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.restore import restore
 from probface_tf.train.schedule import learning_rate_at
@@ -269,7 +266,10 @@ class BackboneTask(TrainingTask):
         return [f"{skipped} unreadable image(s) skipped this epoch ({len(self.stats.bad_files)} distinct files)"]
 
     def evaluate(self, global_step: int):
-        return evaluate_backbone(self.trainer, self.cfg)
+        """The cosine 10-fold accuracy line and, for a margin with an uncertainty read-out (ScaleFace), the
+        original risk lines with that uncertainty."""
+        if training_bin_paths(self.cfg):
+            yield from evaluate_training_bins(evaluation_model(self.trainer), self.cfg, cosine_line=True)
 
     def postfix(self, watch: dict) -> dict:
         return dict(loss=f"{watch['loss']:.4f}", acc=f"{watch['acc']:.3f}")
@@ -292,21 +292,3 @@ def evaluation_model(trainer: BackboneTrainer) -> keras.Model:
         read_out = trainer.method.uncertainty
         outputs["sigma_sq"] = keras.layers.Lambda(lambda s: read_out({"scale": s}), name="sigma_sq")(scale)
     return keras.Model(images, outputs, name="BackboneEval")
-
-
-def evaluate_backbone(trainer: BackboneTrainer, cfg):
-    """Yields (name, text, scalars) per configured ``.bin``: the cosine 10-fold accuracy line and, for
-    ScaleFace, the original risk lines with 1/scale as the pair uncertainty."""
-    paths = training_bin_paths(cfg)
-    if not paths:
-        return
-    loaded = wrap_keras_model(evaluation_model(trainer), cfg)
-    for path in paths:
-        result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size)
-        cosine = result["verification"]["cosine"]
-        lines = ["Cosine score acc %f threshold %f" % (cosine["accuracy"], cosine["threshold"])]
-        scalars = {"cosine_acc": cosine["accuracy"]}
-        if result.get("risk"):
-            lines += [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
-            scalars.update({f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]})
-        yield result["name"], "\n".join(lines), scalars

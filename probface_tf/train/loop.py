@@ -22,7 +22,7 @@ from probface_tf.models.probface import backbone_of, head_of
 from probface_tf.train.checkpoints import save_keras
 from probface_tf.train.checks import finite_values
 from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, run
-from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
+from probface_tf.train.epoch_eval import evaluate_training_bins
 from probface_tf.train.feature_cache import FeatureCache
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.restore import restore
@@ -257,8 +257,7 @@ class HeadTask(TrainingTask):
 
     def evaluate(self, global_step: int):
         """The original per-epoch evaluation on the configured .bin files (cfp_fp by default)."""
-        if training_bin_paths(self.cfg):
-            yield from evaluate_training_bins(self.model, self.cfg)
+        return evaluate_training_bins(self.model, self.cfg)
 
     def postfix(self, watch: dict) -> dict:
         return dict(a=f"{watch['a']:.4f}", mls=f"{watch.get('mls', float('nan')):.4f}")
