@@ -22,15 +22,20 @@ setup(
     extras_require={
         # TensorFlow is an extra so CPU and GPU users pick the matching wheel.
         # llvmlite compiles the per-entry FastMLS tail of all-pairs scoring; without it NumPy does the same work
-        "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
-        "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44"],
-        "dev": ["pytest>=7", "scipy>=1.10", "opencv-python-headless>=4.8"],
+        # photos: MTCNN face detection (weights ship in the wheel) and OpenCV for the alignment warp
+        "cpu": ["tensorflow-cpu>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
+                "opencv-python-headless>=4.8"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<3", "keras>=3.0", "llvmlite>=0.44", "mtcnn>=1.0,<2",
+                "opencv-python-headless>=4.8"],
+        "photos": ["mtcnn>=1.0,<2", "opencv-python-headless>=4.8"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "scipy>=1.10", "opencv-python-headless>=4.8", "scikit-image>=0.21"],
     },
     entry_points={
         "console_scripts": [
             "probface-convert=probface_tf.convert:run",
             "probface-export=probface_tf.export:run",
             "probface-data=probface_tf.data.cli:run",
+            "probface=probface_tf.face_cli:run",
         ]
     },
 )

@@ -16,12 +16,14 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# the original TF1 graph is a test reference (tests/tf1_reference.py), not part of the package
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from probface_tf.convert import load_tf1_checkpoint  # noqa: E402
 from probface_tf.models.inference import fold_batch_norm  # noqa: E402
-from probface_tf.tf1_reference import TF1ProbFace  # noqa: E402
+from tf1_reference import TF1ProbFace  # noqa: E402
 
 
 def _rates(engines: dict, images, repeats: int) -> dict:

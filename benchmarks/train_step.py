@@ -23,15 +23,17 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# the original TF1 graph is a test reference (tests/tf1_reference.py), not part of the package
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 import numpy as np  # noqa: E402
 
 from probface_tf.config import load_config  # noqa: E402
 from probface_tf.convert import load_tf1_checkpoint  # noqa: E402
-from probface_tf.tf1_reference import TF1ProbFace  # noqa: E402
 from probface_tf.data.dataset import open_dataset  # noqa: E402
 from probface_tf.data.synthetic import synthesize  # noqa: E402
 from probface_tf.train.feature_cache import FeatureCache  # noqa: E402
 from probface_tf.train.loop import HeadTrainer  # noqa: E402
+from tf1_reference import TF1ProbFace  # noqa: E402
 
 
 def _steps_per_s(engines: dict, repeats: int) -> dict:

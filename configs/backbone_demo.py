@@ -6,20 +6,14 @@ The synthetic set (600 identities x 10 images, 20 % of the identities held out f
 under data/backbone_demo_synth on first use. The run directory's backbone.keras is a ``restore_model`` for head
 training. Each epoch ends with the cosine 10-fold accuracy on the held-out pairs.
 """
+from demo_data import *  # noqa: F401,F403  (the demo's network; its own copy of the data, below)
+
 stage = 'backbone'
 name = 'backbone_demo'
 log_base_dir = './log/'
 summary_interval = 100
 synthetic = {'root': 'data/backbone_demo_synth', 'num_identities': 600, 'images_per_identity': 10, 'seed': 0,
              'image_size': 48, 'bin_pairs': 1000, 'split': 0.2}
-train_dataset_path = 'data/backbone_demo_synth/train'
-test_bin_paths = ['data/backbone_demo_synth/synth_val.bin']
-test_targets = []
-image_size = [32, 32]
-embedding_network = 'resface64_relu'
-backbone_filters = [16, 32, 64, 128]
-backbone_blocks = [1, 1, 1, 1]
-embedding_size = 128
 margin_loss = 'arcface'
 margin_s = 64.0
 margin_m = 0.5
@@ -29,7 +23,12 @@ batch_size = 64
 epoch_size = 250
 num_epochs = 6
 lr = 1e-3
-learning_rate_schedule = {0: lr, 1000: 0.1 * lr}
+
+
+def learning_rate_schedule(c):
+    return {0: c.lr, 1000: 0.1 * c.lr}
+
+
 weight_decay = 5e-4
 checkpoint_interval = 250
 eval_batch_size = 128

@@ -12,6 +12,7 @@ model.keras and evaluates the held-out pairs once. Demo-scale choice: T = 30 pas
 the risk tables use; the passes only repeat the small bottleneck, so T is cheap here anyway).
 The backbone is the one of the latest finished demo run (log/demo/LATEST).
 """
+from demo_data import *  # noqa: F401,F403  (the demo's data and network)
 from probface_tf.demo import latest_run
 
 name = 'mc_dropout_demo'
@@ -20,19 +21,6 @@ summary_interval = 100
 head_type = 'mc_dropout'
 mc_dropout_rate = 0.5
 mc_samples = 30
-
-# The demo's data and architecture (tests/test_baseline_configs.py checks they match configs/demo.py).
-synthetic = {'root': 'data/demo_synth', 'num_identities': 600, 'images_per_identity': 10, 'seed': 0,
-             'image_size': 48, 'bin_pairs': 2000, 'split': 0.2}
-train_dataset_path = 'data/demo_synth/train'
-test_bin_paths = ['data/demo_synth/synth_val.bin']
-test_targets = []
-image_size = [32, 32]
-embedding_network = 'resface64_relu'
-backbone_filters = [16, 32, 64, 128]
-backbone_blocks = [1, 1, 1, 1]
-embedding_size = 128
-eval_batch_size = 256
 
 # Raises, naming `python train.py configs/demo.py`, when there is no finished demo run.
 restore_model = latest_run('./log/', 'demo', 'backbone')

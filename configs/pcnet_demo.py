@@ -11,6 +11,7 @@ epochs, 2 epochs, batches of 10 identities x 8 images without doubling or identi
 500 steps per epoch instead of 1000, and the demo's architecture, data and preprocessing (the backbone must see
 what it was trained on). The backbone is the one of the latest finished demo run (log/demo/LATEST).
 """
+from demo_data import *  # noqa: F401,F403  (the demo's data and network)
 from probface_tf.demo import latest_run
 
 name = 'pcnet_demo'
@@ -19,33 +20,29 @@ summary_interval = 100
 head_type = 'pcnet'
 pc_loss_type = 'L2'
 
-# The demo's data and architecture (tests/test_baseline_configs.py checks they match configs/demo.py).
-synthetic = {'root': 'data/demo_synth', 'num_identities': 600, 'images_per_identity': 10, 'seed': 0,
-             'image_size': 48, 'bin_pairs': 2000, 'split': 0.2}
-train_dataset_path = 'data/demo_synth/train'
-test_bin_paths = ['data/demo_synth/synth_val.bin']
-test_targets = []
-image_size = [32, 32]
-embedding_network = 'resface64_relu'
-backbone_filters = [16, 32, 64, 128]
-backbone_blocks = [1, 1, 1, 1]
-embedding_size = 128
-eval_batch_size = 256
-
 # Raises, naming `python train.py configs/demo.py`, when there is no finished demo run.
 restore_model = latest_run('./log/', 'demo', 'backbone')
 exclude_restore_scopes = ['UncertaintyModule']
 
 # face-uncertainty-pytorch's head training (section 8).
 batch_size = 80
-batch_format = {'size': 80, 'num_classes': 10}
 double_batch = False
 max_identities = None
+
+
+def batch_format(c):
+    return {'size': c.batch_size, 'num_classes': 10}
+
 epoch_size = 500
 num_epochs = 2
 lr = 3e-2
-# MultiStepLR milestones num_epochs/4 x {2, 3} epochs, x0.1 each: steps 500 and 750 here.
-learning_rate_schedule = {0: lr, num_epochs / 4 * 2 * epoch_size: 0.1 * lr, num_epochs / 4 * 3 * epoch_size: 0.01 * lr}
+
+
+def learning_rate_schedule(c):
+    # MultiStepLR milestones num_epochs/4 x {2, 3} epochs, x0.1 each: steps 500 and 750 here.
+    two, three = c.num_epochs / 4 * 2 * c.epoch_size, c.num_epochs / 4 * 3 * c.epoch_size
+    return {0: c.lr, two: 0.1 * c.lr, three: 0.01 * c.lr}
+
 weight_decay = 5e-4
 momentum = 0.9
 feature_cache = True

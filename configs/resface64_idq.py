@@ -2,7 +2,7 @@
 
     python train.py configs/resface64_idq.py
 
-The keys of configs/resface64_msarcface.py (same data, .bin files, frozen base model and preprocessing, so
+Built on configs/resface64_msarcface.py (same data, .bin files, frozen base model and preprocessing, so
 the risk tables compare with ProbFace's), with face-uncertainty-pytorch's IDQ head and training (ORIGINAL_SPEC
 section 8): the ``head_fc2_prob`` head (fc1 256) as PCNet; loss = mean over positive pairs of the binary
 cross-entropy of c_ij = min(1 - p_i, 1 - p_j) against t = sigmoid(s (cos_ij - m)) (t detached). From its
@@ -14,6 +14,7 @@ is the ResFace64 base model at 96x96 (x1 = its conv_final), and its Gaussian-blu
 cosine threshold on positive pairs, so it depends on the backbone's cosine distribution: on a new backbone check
 that the logged ``t_soft`` (mean target) is neither near 0 nor near 1.
 """
+from resface64_msarcface import *  # noqa: F401,F403  (data, .bin files, base model, preprocessing)
 
 ####### METHOD #######
 name = 'resface64_idq'
@@ -22,51 +23,29 @@ idq_target = 'soft'
 idq_s = 16.0
 idq_m = 0.45
 
-####### INPUT OUTPUT (as configs/resface64_msarcface.py) #######
-log_base_dir = './log/'
-summary_interval = 100
-train_dataset_path = 'data/ms1m-retinaface-t1-img'
-test_data_dir_mx = 'data/ms1m-retinaface-t1'
-test_targets = ['cfp_fp']  # face-uncertainty-pytorch also evaluates cfp_fp after each epoch
-image_size = [96, 96]
-channels = 3
-# The frozen ResFace64 sees the preprocessing it was trained with; face-uncertainty-pytorch's extra Gaussian-blur
-# and colour augmentation are left out (not cacheable, and not what this backbone's statistics expect).
-preprocess_train = [
-    ['resize', (image_size[0], image_size[1])],
-    ['random_flip'],
-    ['standardize', 'mean_scale'],
-]
-preprocess_test = [
-    ['resize', (image_size[0], image_size[1])],
-    ['standardize', 'mean_scale'],
-]
-
-####### NETWORK (ProbFace's frozen base model) #######
-embedding_network = 'models/resface64_relu.py'
 uncertainty_module_input = 'conv_final'  # face-uncertainty-pytorch's x1: the flattened last feature map
-embedding_size = 256
-restore_model = 'log/resface64/20200122-214343-arc'
-restore_scopes = None
-exclude_restore_scopes = ['center_loss', 'centers', 'UncertaintyModule']
-keep_prob = 1.0
 
 ####### TRAINING STRATEGY (face-uncertainty-pytorch, ORIGINAL_SPEC section 8) #######
-base_random_seed = 0
 batch_size = 80  # 10 identities x 8 images, no doubled batch, no identity cap
-batch_format = {'size': batch_size, 'num_classes': 10}
 double_batch = False
 max_identities = None
+
+
+def batch_format(c):
+    return {'size': c.batch_size, 'num_classes': 10}
+
+
 epoch_size = 1000
 num_epochs = 12
-learning_rate_strategy = 'step'
 lr = 1e-2
-# MultiStepLR: x0.1 at num_epochs/4 x {2, 3} epochs (two decays, unlike ProbFace's one).
-learning_rate_schedule = {
-    0: lr,
-    num_epochs / 4 * 2 * epoch_size: 0.1 * lr,
-    num_epochs / 4 * 3 * epoch_size: 0.01 * lr,
-}
+
+
+def learning_rate_schedule(c):
+    # MultiStepLR: x0.1 at num_epochs/4 x {2, 3} epochs (two decays, unlike ProbFace's one).
+    two, three = c.num_epochs / 4 * 2 * c.epoch_size, c.num_epochs / 4 * 3 * c.epoch_size
+    return {0: c.lr, two: 0.1 * c.lr, three: 0.01 * c.lr}
+
+
 # SGD(momentum 0.9, weight_decay 5e-4) on every head parameter: torch's buf = m*buf + g; w -= lr*buf is the
 # TF1 form, and the head's wd/2 * sum(w^2) regulariser gives torch's wd*w gradient term.
 momentum = 0.9

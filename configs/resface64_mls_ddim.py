@@ -1,7 +1,5 @@
 """ResFace64 with a D-dimensional sigma (PFE's MLS; uncertainty_module_output_size = embedding_size)."""
-import os as _os
-
-exec(open(_os.path.join(_os.path.dirname(__file__), 'resface64_msarcface.py')).read())
+from resface64_msarcface import *  # noqa: F401,F403  (the base recipe; keys below override it)
 
 name = 'resface64-ddim'
-uncertainty_module_output_size = embedding_size
+uncertainty_module_output_size = embedding_size  # noqa: F405

@@ -13,20 +13,13 @@ train_dataset_path = 'data/ms1m-retinaface-t1-img'
 test_data_dir_mx = 'data/ms1m-retinaface-t1'
 image_size = [96, 96]
 channels = 3
-preprocess_train = [
-    ['resize', (image_size[0], image_size[1])],
-    ['random_flip'],
-    ['standardize', 'mean_scale'],
-]
-preprocess_test = [
-    ['resize', (image_size[0], image_size[1])],
-    ['standardize', 'mean_scale'],
-]
-num_gpus = 1
+# preprocess_train / preprocess_test: the original's lists are the defaults, derived from image_size
+# (resize, random_flip, standardize mean_scale; the test list without the flip).
+num_gpus = 1  # ignored
 
 ####### NETWORK #######
 embedding_network = 'models/resface64_relu.py'
-uncertainty_module = 'models/uncertainty_module.py'
+uncertainty_module = 'models/uncertainty_module.py'  # ignored
 uncertainty_module_input = 'conv_final'
 embedding_size = 256
 uncertainty_module_output_size = 1
@@ -34,20 +27,26 @@ uncertainty_module_output_size = 1
 ####### TRAINING STRATEGY #######
 base_random_seed = 0
 batch_size = 128
-batch_format = {
-    'size': batch_size,
-    'num_classes': batch_size // 4,
-}
 epoch_size = 1000
 num_epochs = 12
-learning_rate_strategy = 'step'
+learning_rate_strategy = 'step'  # ignored: the schedule is always by step
 lr = 1e-2
-# Float keys as in the original: one decay, at step 6000 (the 9000 entry repeats the same value).
-learning_rate_schedule = {
-    0: 1 * lr,
-    num_epochs / 4 * 2000: 0.1 * lr,
-    num_epochs / 4 * 3000: 0.1 * lr,
-}
+
+
+# Keys computed from others are functions of the final config, so a recipe that imports this one, or
+# --set batch_size / num_epochs / lr, moves them along.
+def batch_format(c):
+    return {'size': c.batch_size, 'num_classes': c.batch_size // 4}
+
+
+def learning_rate_schedule(c):
+    # The original's num_epochs/4*2000 and */4*3000 with its 1000-step epochs, as float keys: one decay, at
+    # step 6000 (the 9000 entry repeats the same value).
+    half, three_quarters = c.num_epochs / 4 * 2 * c.epoch_size, c.num_epochs / 4 * 3 * c.epoch_size
+    return {0: 1 * c.lr, half: 0.1 * c.lr, three_quarters: 0.1 * c.lr}
+
+
+# The base model: a ResFace64 ArcFace run (original, converted with probface-convert) or a stage-1 run.
 restore_model = 'log/resface64/20200122-214343-arc'
 restore_scopes = None
 exclude_restore_scopes = ['center_loss', 'centers', 'UncertaintyModule']

@@ -27,15 +27,7 @@ test_data_dir_mx = 'data/ms1m-retinaface-t1'
 test_targets = ['lfw', 'cfp_fp', 'agedb_30']
 image_size = [96, 96]
 channels = 3
-preprocess_train = [
-    ['resize', (image_size[0], image_size[1])],
-    ['random_flip'],
-    ['standardize', 'mean_scale'],
-]
-preprocess_test = [
-    ['resize', (image_size[0], image_size[1])],
-    ['standardize', 'mean_scale'],
-]
+# preprocess_train / preprocess_test: the defaults, ProbFace's lists derived from image_size
 max_identities = None
 
 ####### NETWORK #######
@@ -58,7 +50,13 @@ batch_size = 128
 epoch_size = 40000
 num_epochs = 26
 lr = 0.1
-learning_rate_schedule = {0: 0.1, 12 * epoch_size: 0.01, 20 * epoch_size: 0.001, 24 * epoch_size: 0.0001}
+
+
+def learning_rate_schedule(c):
+    # x0.1 after epochs 12, 20 and 24
+    return {0: c.lr, 12 * c.epoch_size: c.lr / 10, 20 * c.epoch_size: c.lr / 100, 24 * c.epoch_size: c.lr / 1000}
+
+
 weight_decay = 5e-4
 checkpoint_interval = 5000
 keep_checkpoints = 2

@@ -19,35 +19,25 @@ ProbFace on that backbone is like for like; about 3-4 minutes on 2 CPU cores. Th
 (ArcFace's angular margin), with the demo's moderate values instead of ArcFace's s = 64, m = 0.5, for the same
 reason the demo uses CosFace: from scratch on this small network the large margin needs far longer.
 """
+import demo as _demo  # configs/demo.py, for its stage-1 optimisation
+from demo_data import *  # noqa: F401,F403  (the demo's data and network)
+
 stage = 'backbone'
 name = 'scaleface_demo'
 log_base_dir = './log/'
 summary_interval = 100
-
-# The demo's data and architecture (tests/test_baseline_configs.py checks they match configs/demo.py).
-synthetic = {'root': 'data/demo_synth', 'num_identities': 600, 'images_per_identity': 10, 'seed': 0,
-             'image_size': 48, 'bin_pairs': 2000, 'split': 0.2}
-train_dataset_path = 'data/demo_synth/train'
-test_bin_paths = ['data/demo_synth/synth_val.bin']
-test_targets = []
-image_size = [32, 32]
-embedding_network = 'resface64_relu'
-backbone_filters = [16, 32, 64, 128]
-backbone_blocks = [1, 1, 1, 1]
-embedding_size = 128
-eval_batch_size = 256
 
 margin_loss = 'scaleface'
 margin_s = 32.0  # upper bound of the learned scale (the demo's fixed CosFace scale)
 margin_m = 0.2  # angular margin (rad)
 uncertainty_module_input = 'mu'  # the scale head's input: bounded, see above
 
-# The demo's stage-1 optimisation (configs/demo.py backbone_config).
-optimizer = 'adam'
-batch_size = 64
-epoch_size = 250
-num_epochs = 6
-lr = 1e-3
-learning_rate_schedule = {0: 1e-3, 1000: 1e-4}
-weight_decay = 5e-4
-checkpoint_interval = 250
+# The demo's stage-1 optimisation (configs/demo.py backbone_config): the same run, a learned scale for CosFace's.
+optimizer = _demo.backbone_config['optimizer']
+batch_size = _demo.backbone_config['batch_size']
+epoch_size = _demo.backbone_config['epoch_size']
+num_epochs = _demo.backbone_config['num_epochs']
+lr = _demo.backbone_config['lr']
+learning_rate_schedule = _demo.backbone_config['learning_rate_schedule']
+weight_decay = _demo.backbone_config['weight_decay']
+checkpoint_interval = _demo.backbone_config['checkpoint_interval']

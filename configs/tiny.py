@@ -22,11 +22,19 @@ backbone_blocks = [1, 1, 1, 1]
 embedding_size = 32
 uncertainty_module_output_size = 1
 batch_size = 120
-batch_format = {'size': 120, 'num_classes': 30}
 epoch_size = 30
 num_epochs = 2
 lr = 0.1
-learning_rate_schedule = {0: lr, 40: 0.1 * lr}
+
+
+def batch_format(c):
+    return {'size': c.batch_size, 'num_classes': c.batch_size // 4}
+
+
+def learning_rate_schedule(c):
+    return {0: c.lr, 40: 0.1 * c.lr}
+
+
 weight_decay = 5e-4
 loss_weights = {'mls_loss': 1.0, 'output_constraint_loss': 0.001, 'discriminate_loss': 0.001}
 output_constraint_type = 'L2'

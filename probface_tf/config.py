@@ -2,133 +2,32 @@
 
 The keys keep the original ProbFace names (``image_size``, ``loss_weights``, ``restore_model`` ...) so its recipes
 read the same. Every key is declared in ``SCHEMA`` with its accepted types and default; an unknown key or a
-value of the wrong type is an error naming the key and the file, never a silent default.
+value of the wrong type is an error naming the key and the file, never a silent default. Keys the original's
+recipes set but nothing reads are accepted and reported as ignored.
+
+A recipe builds on another by importing it (``from resface64_msarcface import *``, the recipe's own folder and
+the shipped ``configs/`` are importable while it loads) and assigning the keys it changes. A key computed from
+other keys is written as a function of the final config, ``def learning_rate_schedule(c): return {0: c.lr}``:
+it is evaluated after inheritance and ``--set`` overrides, so ``--set lr=0.05`` moves the schedule with it. A
+``--set`` on a key that a recipe reads in a plain assignment (``batch_format = {'size': batch_size}``) would not
+reach that assignment and is refused, naming the key to set as well.
 """
 from __future__ import annotations
 
 import ast
-import importlib.util
+import logging
 import os
 import types
-from dataclasses import dataclass
 from typing import Any
+
+from probface_tf import recipe_files
+from probface_tf.config_schema import SCHEMA
+
+_log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class Key:
-    types: tuple
-    default: Any
-    doc: str
-    choices: tuple | None = None
-
-
-_NUM = (int, float)
-_OPT_STR = (str, type(None))
-_OPT_LIST = (list, tuple, type(None))
-
-SCHEMA: dict[str, Key] = {
-    # ---- input / output (original keys) ----
-    "name": Key((str,), "probface", "run name: runs are written to log_base_dir/name/YYYYmmdd-HHMMSS/"),
-    "log_base_dir": Key((str,), "./log/", "folder that holds the runs"),
-    "summary_interval": Key((int,), 100, "log a training line every N steps (step % N == 0)"),
-    "train_dataset_path": Key(_OPT_STR, None, "image folder, insightface .rec, or '<path> <label>' list file"),
-    "test_data_dir_mx": Key(_OPT_STR, None, "folder of insightface .bin verification files"),
-    "image_size": Key((list, tuple), [96, 96], "network input [height, width] (multiples of 16)"),
-    "channels": Key((int,), 3, "3 = RGB"),
-    "preprocess_train": Key((list,), None, "op list: ['resize', (h, w)], ['random_flip'], ['standardize', 'mean_scale']"),
-    "preprocess_test": Key((list,), None, "op list applied to evaluation images"),
-    "num_gpus": Key((int,), 1, "kept for the original recipes; use distribute_strategy"),
-    # ---- network (original keys) ----
-    "embedding_network": Key((str,), "models/resface64_relu.py", "backbone: original file name or builder name"),
-    "uncertainty_module": Key((str,), "models/uncertainty_module.py", "head: original file name or 'probface'"),
-    "uncertainty_module_input": Key((str,), "conv_final", "backbone end point feeding the head"),
-    "embedding_size": Key((int,), 256, "mu dimension"),
-    "uncertainty_module_output_size": Key((int,), 1, "1 (FastMLS) or embedding_size (D-dim MLS)"),
-    # ---- training strategy (original keys) ----
-    "base_random_seed": Key((int,), 0, "seed of the data sampler"),
-    "batch_size": Key((int,), 128, "images per batch before doubling"),
-    "batch_format": Key((dict,), None, "{'size': batch_size, 'num_classes': identities per batch}"),
-    "epoch_size": Key((int,), 1000, "steps per epoch"),
-    "num_epochs": Key((int,), 12, "epochs"),
-    "learning_rate_strategy": Key((str,), "step", "only 'step' (piecewise constant by global step)", ("step",)),
-    "lr": Key(_NUM, 1e-2, "base learning rate"),
-    "learning_rate_schedule": Key((dict,), None, "{first_step: lr}; the largest key <= global step wins"),
-    "restore_model": Key(_OPT_STR, None, "original run dir / TF1 ckpt, .keras backbone, or our checkpoint dir"),
-    "restore_scopes": Key(_OPT_LIST, None, "only restore variables whose name contains one of these"),
-    "exclude_restore_scopes": Key(_OPT_LIST, None, "skip variables whose name contains one of these"),
-    "weight_decay": Key(_NUM, 5e-4, "L2 on the head's two weight matrices (slim form wd*sum(w^2)/2)"),
-    "keep_prob": Key(_NUM, 1.0, "dropout keep probability before the bottleneck"),
-    "discriminat_metric_type": Key((str,), "triplet_semihard", "ignored by the original (always triplet_semihard) "
-                                   "unless honour_discriminat_metric_type", ("triplet_semihard", "contrastive")),
-    "loss_weights": Key((dict,), None, "{'mls_loss', 'output_constraint_loss', 'discriminate_loss'}"),
-    "output_constraint_type": Key((str,), "", "'L2', 'L1' or '' (no output constraint)"),
-    "s_wd_type": Key((str,), "", "read by nothing in the original; accepted for its recipes"),
-    "s_wd_alpha": Key(_NUM, 0.0, "read by nothing in the original; accepted for its recipes"),
-    # ---- this implementation ----
-    "stage": Key((str,), "probface", "'probface' = train the uncertainty head; 'backbone' = margin-softmax stage 1; "
-                 "'demo' = synthetic data, both stages, evaluation", ("probface", "backbone", "demo")),
-    "backbone_filters": Key(_OPT_LIST, None, "override the stage widths, e.g. [16, 32, 64, 128]"),
-    "backbone_blocks": Key(_OPT_LIST, None, "override the blocks per stage, e.g. [1, 1, 1, 1]"),
-    "triplet_margin": Key(_NUM, 3.0, "margin of the identification-preserving loss"),
-    "honour_discriminat_metric_type": Key((bool,), False, "use discriminat_metric_type (the original ignores it)"),
-    "double_batch": Key((bool,), True, "original: append the test-preprocessed copy of each batch (256 images)"),
-    "max_identities": Key((int, type(None)), 20000, "original: only the first 20000 identities (sorted names)"),
-    "momentum": Key(_NUM, 0.9, "momentum of the SGD optimizer"),
-    "momentum_form": Key((str,), "tf1", "'tf1': acc = m*acc + g; w -= lr*acc  |  'keras': Keras SGD",
-                         ("tf1", "keras")),
-    "eval_contrast_stretch": Key((bool,), True, "original quirk: min-max stretch float .bin images before resize"),
-    "resize_method": Key((str,), "pil_bilinear", "'pil_bilinear' (scipy.misc.imresize, antialiased) or "
-                         "'bilinear' (tf.image.resize without antialias)", ("pil_bilinear", "bilinear")),
-    "test_targets": Key((list, tuple), ["cfp_fp"], "names of .bin files in test_data_dir_mx evaluated each epoch"),
-    "test_bin_paths": Key(_OPT_LIST, None, "explicit .bin paths evaluated each epoch (in addition to targets)"),
-    "eval_batch_size": Key((int,), 128, "feature extraction batch size"),
-    "mixed_precision": Key((str,), "float32", "Keras dtype policy", ("float32", "mixed_float16", "mixed_bfloat16")),
-    "distribute_strategy": Key((str,), "default", "'default' (one device), 'mirrored' (all local GPUs) or "
-                               "'multi_worker_mirrored' (the cluster in TF_CONFIG); see docs/distributed.md",
-                               ("default", "mirrored", "multi_worker_mirrored")),
-    "distribute_cpu_devices": Key((int,), 0, "'mirrored' without GPUs: split the CPU into this many logical "
-                                  "devices and mirror over them (0 = one device)"),
-    "sync_batch_norm": Key((bool,), True, "stage 1 under a multi-replica strategy: batch-norm statistics of the "
-                           "global batch (synchronised across replicas) instead of each replica's slice"),
-    "fold_frozen_backbone": Key((bool,), True, "run the frozen backbone with BN folded into its convs (same "
-                                "numbers to float32 round-off, fewer ops)"),
-    "jit_compile": Key((bool,), False, "compile the frozen backbone's forward pass with XLA (measured slower "
-                       "than TensorFlow's oneDNN kernels on CPU; try it on GPU)"),
-    "reuse_twin_features": Key((bool,), True, "doubled batches: an augmented image that was not mirrored equals "
-                               "its test-preprocessed twin, so its backbone features are computed once"),
-    "feature_cache": Key((bool,), False, "train the head from cached conv_final features (frozen backbone)"),
-    "checkpoint_interval": Key((int,), 1000, "write a training checkpoint every N steps (and at each epoch end)"),
-    "keep_checkpoints": Key((int,), 1, "training checkpoints kept (original: 1)"),
-    "deterministic": Key((bool,), False, "enable TF op determinism (bit-identical resume)"),
-    "strict_data": Key((bool,), False, "unreadable images are an error instead of skipped and counted"),
-    "data_workers": Key((int,), 0, "parallel decode calls (0 = tf.data AUTOTUNE)"),
-    "export_saved_model": Key((bool,), True, "export a SavedModel at each epoch end"),
-    # ---- stage 1 (backbone training) ----
-    "margin_loss": Key((str,), "arcface", "'arcface', 'cosface', 'scaleface' or 'softmax'",
-                       ("arcface", "cosface", "scaleface", "softmax")),
-    "margin_s": Key(_NUM, 64.0, "softmax scale s"),
-    "margin_m": Key(_NUM, 0.5, "angular (ArcFace) or cosine (CosFace) margin m"),
-    "uniform_loss_weight": Key(_NUM, 0.0, "weight of the UniformFace term on class centres (0 = off)"),
-    "num_classes": Key((int, type(None)), None, "classes of the softmax head (None = from the dataset)"),
-    "optimizer": Key((str,), "momentum", "'momentum' or 'adam'", ("momentum", "adam")),
-    # ---- synthetic demo ----
-    "synthetic": Key((dict,), None, "synthetic dataset spec: {'root', 'num_identities', 'images_per_identity', ...}"),
-    "backbone_config": Key((dict,), None, "nested stage-1 recipe for 'demo' runs"),
-    "head_config": Key((dict,), None, "nested head recipe overrides for 'demo' runs"),
-    # ---- baselines ----
-    "head_type": Key((str,), "probface", "'probface', 'pcnet', 'idq', 'mc_dropout'",
-                     ("probface", "pcnet", "idq", "mc_dropout")),
-    "pc_loss_type": Key((str,), "L2", "PCNet regression form", ("L2", "L1")),
-    "idq_target": Key((str,), "soft", "IDQ target form", ("soft", "hard")),
-    "idq_s": Key(_NUM, 16.0, "IDQ sigmoid scale"),
-    "idq_m": Key(_NUM, 0.4, "IDQ margin"),
-    "mc_dropout_rate": Key(_NUM, 0.5, "MC dropout rate"),
-    "mc_samples": Key((int,), 100, "MC dropout passes T"),
-}
 
 
 def _original_defaults(cfg: dict) -> None:
@@ -216,6 +115,9 @@ def _check_entries(cfg: dict, source: str) -> None:
 
 
 def _validate_values(cfg: dict, source: str) -> None:
+    for key in ("epoch_size", "num_epochs", "batch_size"):
+        if cfg[key] <= 0:  # zero steps would still export (and publish) the untrained model
+            raise ConfigError(f"{source}: key '{key}' must be a positive int, got {cfg[key]!r}")
     _check_entries(cfg, source)
     size = cfg["image_size"]
     if len(size) != 2 or any((not isinstance(s, int)) or s <= 0 or s % 16 for s in size):
@@ -257,15 +159,67 @@ def from_dict(values: dict, source: str = "<dict>") -> Config:
     return config
 
 
-def _module_values(path: str) -> dict:
-    spec = importlib.util.spec_from_file_location("probface_config", path)
-    module = importlib.util.module_from_spec(spec)
+def _recipe_values(path: str) -> tuple[dict, dict]:
+    """The recipe's plain key values and its derived keys (``def key(c)`` functions named after a key)."""
     try:
-        spec.loader.exec_module(module)
+        module = recipe_files.execute(path)
     except Exception as exc:  # the config is user code: report where it broke
         raise ConfigError(f"{path}: config file failed to execute: {type(exc).__name__}: {exc}") from exc
-    return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)}
+    values, derived = {}, {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        if isinstance(value, types.FunctionType):
+            if key in SCHEMA:
+                derived[key] = value
+            continue  # a helper such as latest_run
+        if not callable(value):
+            values[key] = value
+    return values, derived
+
+
+def _derive(values: dict, derived: dict, source: str) -> None:
+    """Evaluate the derived keys, in the order the recipe defines them, on the config as it stands."""
+    current = {key: spec.default for key, spec in SCHEMA.items()}
+    current.update(values)
+    for key, function in derived.items():
+        try:
+            value = function(Config(**current))
+        except Exception as exc:
+            raise ConfigError(f"{source}: key '{key}' (def {key}(c)) failed: {type(exc).__name__}: {exc}") from exc
+        values[key] = current[key] = value
+
+
+# Keys nothing reads but the one key derived from them: a --set of one acts only through it.
+ONLY_THROUGH = {"lr": "learning_rate_schedule", "batch_size": "batch_format"}
+
+
+def _refuse_unreachable(path: str, applied: dict) -> None:
+    """A ``--set`` on a key that the recipe reads in a plain assignment would leave that assignment's value
+    computed from the old one, and one on ``lr`` / ``batch_size`` where the recipe writes the schedule / batch
+    format without them would change nothing (the run's config.py would claim otherwise): refuse, naming what
+    to set."""
+    reads = recipe_files.assignment_reads(path)
+    for key, value in applied.items():
+        target = ONLY_THROUGH.get(key)
+        if target in reads and key not in reads[target] and target not in applied:
+            raise ConfigError(f"--set {key}={value!r}: {path} sets {target} without reading '{key}', so the "
+                              f"override would change nothing; set {target} instead (--set {target}=...)")
+        stale = sorted(name for name, names in reads.items()
+                       if key in names and name in SCHEMA and name not in applied)
+        if stale:
+            raise ConfigError(
+                f"--set {key}={value!r}: {path} computes {', '.join(stale)} from '{key}' when it loads, so the "
+                f"override would not reach {'it' if len(stale) == 1 else 'them'}; set {', '.join(stale)} as well "
+                f"(--set {stale[0]}=...), or write {stale[0]} in the recipe as a function of the config "
+                f"(def {stale[0]}(c): ...)")
+
+
+def _warn_ignored(values: dict, source: str) -> None:
+    ignored = sorted(k for k, v in values.items() if k in SCHEMA and SCHEMA[k].ignored and v != SCHEMA[k].default)
+    if ignored:
+        _log.warning("%s: %s %s no effect here (accepted for the original recipes)", source, ", ".join(ignored),
+                     "has" if len(ignored) == 1 else "have")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -282,10 +236,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str, overrides: list[str] | tuple = ()) -> Config:
-    """Load a config file, apply ``key=value`` overrides, validate, and fill defaults."""
+    """Load a config file, apply ``key=value`` overrides, evaluate derived keys, validate, and fill defaults."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    values = _module_values(path)
+    values, derived = _recipe_values(path)
     applied = {}
     for text in overrides:
         key, value = parse_override(text)
@@ -293,7 +247,12 @@ def load_config(path: str, overrides: list[str] | tuple = ()) -> Config:
             raise ConfigError(f"--set {text!r}: unknown config key '{key}'")
         if isinstance(SCHEMA[key].default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        values[key] = applied[key] = value
+        applied[key] = value
+        derived.pop(key, None)
+    _refuse_unreachable(path, applied)
+    values.update(applied)
+    _derive(values, derived, path)
+    _warn_ignored(values, path)
     cfg = from_dict(values, source=path)
     cfg._overrides = applied  # written into the run's copy of the config (probface_tf.train.logs.copy_config)
     return cfg

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from probface_tf.cli_support import fail_cleanly
 from probface_tf.models.resface import BackboneSpec, STAGE_NAMES, conv_final_size, tf1_variable_map
 from probface_tf.models.probface import backbone_of, build_probface, head_of
 
@@ -40,13 +41,27 @@ def find_checkpoint(path: str) -> str:
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint not found: {path} (no such directory and no {path}.index)")
     latest = tf.train.latest_checkpoint(path)
-    if latest and os.path.isfile(latest + ".index"):
-        return latest
+    if latest:
+        latest = _inside(path, latest)
+        if os.path.isfile(latest + ".index"):
+            return latest
     indexes = [f for f in os.listdir(path) if f.endswith(".index")]
     if not indexes:
         raise CheckpointError(f"no TF1 checkpoint (*.index) in directory {path}")
     best = max(indexes, key=lambda f: int(_STEP.search(f).group(1)) if _STEP.search(f) else -1)
     return os.path.join(path, best[: -len(".index")])
+
+
+def _inside(folder: str, prefix: str) -> str:
+    """The ``checkpoint`` state file's prefix, read inside ``folder``: a copied run directory keeps the absolute
+    path of the run it was copied from, and must not silently convert that other run's weights."""
+    if os.path.dirname(os.path.abspath(prefix)) == os.path.abspath(folder):
+        return prefix
+    local = os.path.join(folder, os.path.basename(prefix))
+    if os.path.isfile(local + ".index"):
+        return local
+    raise CheckpointError(f"{os.path.join(folder, 'checkpoint')} points outside its folder, to {prefix}, and "
+                          f"{folder} has no {os.path.basename(prefix)}.index; give the checkpoint prefix explicitly")
 
 
 def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
@@ -56,7 +71,12 @@ def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
         reader = tf.train.load_checkpoint(prefix)
     except Exception as exc:  # corrupt or not a checkpoint
         raise CheckpointError(f"cannot read checkpoint {prefix}: {exc}") from None
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    try:
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    except (tf.errors.OpError, ValueError, IndexError) as exc:  # a truncated .data file fails here, not at open
+        lines = str(getattr(exc, "message", exc)).strip().splitlines() or [""]
+        raise CheckpointError(f"cannot read the tensors of checkpoint {prefix} (truncated or corrupt .data "
+                              f"file?): {lines[0]}") from None
 
 
 def infer_architecture(values: dict[str, np.ndarray]) -> dict:
@@ -78,6 +98,7 @@ def infer_architecture(values: dict[str, np.ndarray]) -> dict:
     arch = {"backbone_filters": list(filters), "backbone_blocks": blocks, "image_size": [16 * side, 16 * side],
             "embedding_size": int(bottleneck.shape[1]), "fusion": None, "uncertainty_module_input": None,
             "head_inputs": [], "uncertainty_module_output_size": None}
+    _check_head_complete(values)
     fc1 = values.get("UncertaintyModule/fc1/weights")
     if fc1 is not None:
         sizes = _end_point_sizes(filters, 16 * side)
@@ -89,6 +110,19 @@ def infer_architecture(values: dict[str, np.ndarray]) -> dict:
         arch["uncertainty_module_input"], arch["fusion"] = arch["head_inputs"][0]
         arch["uncertainty_module_output_size"] = int(values["UncertaintyModule/fc_log_sigma_sq/weights"].shape[1])
     return arch
+
+
+# The head variables every ProbFace UncertaintyModule has whatever its size (the batch-norm betas follow).
+_HEAD_CORE = ("UncertaintyModule/fc1/weights", "UncertaintyModule/fc_log_sigma_sq/weights")
+
+
+def _check_head_complete(values) -> None:
+    """A checkpoint has the whole head or none of it: a partial head is named, not taken for a base model."""
+    head = [n for n in values if n.startswith("UncertaintyModule/")]
+    missing = [n for n in _HEAD_CORE if n not in values]
+    if head and missing:
+        raise CheckpointError(f"checkpoint has {len(head)} UncertaintyModule variable(s) but is missing "
+                              f"{', '.join(missing)}: an incomplete head cannot be converted")
 
 
 def _end_point_sizes(filters, side: int) -> list[tuple[str, bool | None, int]]:
@@ -120,15 +154,20 @@ def assign_checkpoint(model, values: dict[str, np.ndarray], allow_missing_head: 
     """
     targets = {**tf1_variable_map(backbone_of(model)), **head_of(model).tf1_variable_map()}
     wanted = _scoped(list(targets), restore_scopes, exclude_restore_scopes)
+    # A missing head is allowed only whole (a base model): a partly restored head would mix trained and fresh
+    # variables silently.
+    head_absent = not any(n in values for n in wanted if n.startswith("UncertaintyModule/"))
     missing = [n for n in wanted if n not in values
-               and not (allow_missing_head and n.startswith("UncertaintyModule/"))]
+               and not (allow_missing_head and head_absent and n.startswith("UncertaintyModule/"))]
     ours = [n for n in values if n.startswith(("Resface/", "UncertaintyModule/")) and "Momentum" not in n]
     unexpected = [n for n in _scoped(ours, restore_scopes, exclude_restore_scopes) if n not in targets]
     mismatched = [f"{n}: checkpoint {tuple(values[n].shape)} vs model {tuple(targets[n].shape)}"
                   for n in wanted if n in values and tuple(values[n].shape) != tuple(targets[n].shape)]
+    non_finite = [f"{n}: {int(np.sum(~np.isfinite(values[n])))} NaN/inf value(s)" for n in wanted
+                  if n in values and np.issubdtype(values[n].dtype, np.floating) and not np.isfinite(values[n]).all()]
     problems = []
     for title, items in (("missing from the checkpoint", missing), ("unexpected in the checkpoint", unexpected),
-                         ("shape mismatch", mismatched)):
+                         ("shape mismatch", mismatched), ("not finite", non_finite)):
         if items:
             shown = "\n  ".join(items[:20]) + (f"\n  ... and {len(items) - 20} more" if len(items) > 20 else "")
             problems.append(f"{len(items)} variable(s) {title}:\n  {shown}")
@@ -204,6 +243,26 @@ def _check_against_config(arch, out_size, spec, head_input, cfg, prefix):
         raise CheckpointError(f"{prefix} does not match the config:\n  " + "\n  ".join(bad))
 
 
+def convert(checkpoint: str, out: str, config: str | None = None, allow_missing_head: bool = False) -> None:
+    """Convert ``checkpoint`` (run dir, prefix or .index) into the .keras file ``out``, written atomically."""
+    from probface_tf.config import load_config
+
+    if not out.endswith(".keras"):
+        raise CheckpointError(f"--out must end with .keras, got {out}")
+    if os.path.isdir(out):
+        raise CheckpointError(f"--out {out} is a folder; give a .keras file path")
+    cfg = load_config(config) if config else None
+    model = load_tf1_checkpoint(checkpoint, cfg, allow_missing_head=allow_missing_head)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out[: -len(".keras")] + ".partial.keras"  # Keras insists on the suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def run(argv=None) -> int:
     """Console script ``probface-convert``."""
     import argparse
@@ -216,17 +275,10 @@ def run(argv=None) -> int:
                         help="a backbone-only checkpoint: keep a freshly initialised UncertaintyModule")
     args = parser.parse_args(argv)
     try:
-        from probface_tf.config import load_config
-
-        cfg = load_config(args.config) if args.config else None
-        model = load_tf1_checkpoint(args.checkpoint, cfg, allow_missing_head=args.allow_missing_head)
-        if not args.out.endswith(".keras"):
-            raise CheckpointError(f"--out must end with .keras, got {args.out}")
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        model.save(args.out)
-    except (CheckpointError, ValueError) as exc:
-        print(f"probface-convert: error: {exc}", file=sys.stderr)
-        return 2
+        with fail_cleanly("probface-convert"):
+            convert(args.checkpoint, args.out, args.config, args.allow_missing_head)
+    except SystemExit as exc:
+        return int(exc.code)
     print(f"saved {args.out}")
     return 0
 

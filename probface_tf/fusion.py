@@ -114,3 +114,49 @@ def mean_template(mu) -> np.ndarray:
     """Mean pooling of one template: ``mu [n, D] -> [D]`` unit."""
     mu = _check_mu(mu)
     return mean_templates(mu, np.zeros(mu.shape[0], np.int64))[1][0]
+
+
+# ---------------------------------------------------------------------------------------------- the original's forms
+# The original's IJB evaluation (ProbFace ``aggregate_PFE`` / ``aggregate_templates``) fuses differently from the
+# PFE paper: attention weights ``exp(log(1/sigma_sq + 1e-6) / T)`` normalised per template (per dimension for a
+# D-dim sigma_sq), fused mu = weighted sum re-normalised, fused sigma_sq = the weighted MEAN of sigma_sq (not the
+# combined variance), swept over the temperatures T in ORIGINAL_TEMPERATURES; its "mean" baseline averages the
+# concatenated ``[mu, sigma_sq]`` rows. Its ``l2_normalize`` divides by ``1e-8 + norm``.
+ORIGINAL_TEMPERATURES = (1.0, 0.5, 2.0)
+_ORIGINAL_NORM_EPS = 1e-8
+
+
+def _original_unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / (_ORIGINAL_NORM_EPS + np.linalg.norm(x, axis=-1, keepdims=True))
+
+
+def temperature_weights(sigma_sq, template_ids, temperature: float = 1.0) -> np.ndarray:
+    """The original's attention ``exp(log(1/sigma_sq + 1e-6) / T)``, normalised within each template: [n, S]."""
+    if not temperature > 0:
+        raise FusionError(f"temperature must be > 0, got {temperature!r}")
+    s = _check_sigma(sigma_sq, np.shape(sigma_sq)[0] if np.ndim(sigma_sq) else -1)
+    ids, segments = _segments(template_ids, s.shape[0])
+    attention = np.exp(np.log(1.0 / s + 1e-6) / temperature)
+    return attention / segment_sum(attention, segments, ids.size)[segments]
+
+
+def fuse_templates_temperature(mu, sigma_sq, template_ids, temperature: float = 1.0):
+    """The original's uncertainty pooling: ``(ids [T] sorted, mu [T, D] unit, sigma_sq [T, S])`` with fused
+    sigma_sq the attention-weighted mean of the images' sigma_sq."""
+    mu = _check_mu(mu)
+    s = _check_sigma(sigma_sq, mu.shape[0], mu.shape[1])
+    weights = temperature_weights(s, template_ids, temperature)
+    ids, segments = _segments(template_ids, mu.shape[0])
+    fused_mu = segment_sum(mu * weights, segments, ids.size)
+    return ids, _original_unit_rows(fused_mu), segment_sum(s * weights, segments, ids.size)
+
+
+def mean_concat_templates(mu, sigma_sq, template_ids) -> tuple[np.ndarray, np.ndarray]:
+    """The original's "mean" pooling: ``(ids [T] sorted, features [T, D + S])``, the mean of the concatenated
+    ``[mu, sigma_sq]`` rows, L2-normalised as one vector (sigma_sq included)."""
+    mu = _check_mu(mu)
+    s = _check_sigma(sigma_sq, mu.shape[0], mu.shape[1])
+    ids, segments = _segments(template_ids, mu.shape[0])
+    counts = np.bincount(segments, minlength=ids.size)[:, None]
+    rows = np.concatenate([mu, s], axis=1)
+    return ids, _original_unit_rows(segment_sum(rows, segments, ids.size) / counts)

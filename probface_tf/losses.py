@@ -24,7 +24,8 @@ import numbers
 
 import tensorflow as tf
 
-MLS_EPSILON = 1e-10  # added to the fused variance in the divisions only, as the original (not inside the log)
+from probface_tf import mls
+
 DEFAULT_MARGIN = 3.0
 LOSS_WEIGHT_KEYS = ("mls_loss", "output_constraint_loss", "discriminate_loss")
 OUTPUT_CONSTRAINT_TYPES = ("L2", "L1")
@@ -93,17 +94,17 @@ def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 # mutual likelihood score
 
 
+_TF = mls.tensorflow_ops(tf)
+
+
 def _fast_mls(mu: tf.Tensor, sigma_sq: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     fused = sigma_sq + tf.transpose(sigma_sq)  # s_i + s_j
-    cos = tf.matmul(mu, mu, transpose_b=True)
-    attention = 2.0 * (1.0 - cos) / (MLS_EPSILON + fused)
-    return attention, attention + tf.math.log(fused)
+    return mls.fastmls_terms(tf.matmul(mu, mu, transpose_b=True), fused, _TF)
 
 
 def _dim_mls(mu: tf.Tensor, sigma_sq: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     fused = sigma_sq[:, None, :] + sigma_sq[None, :, :]  # [N, N, D]
-    ratio = tf.square(mu[:, None, :] - mu[None, :, :]) / (MLS_EPSILON + fused)
-    return tf.reduce_mean(ratio, axis=2), tf.reduce_mean(ratio + tf.math.log(fused), axis=2)
+    return mls.mls_terms(tf.square(mu[:, None, :] - mu[None, :, :]), fused, _TF)
 
 
 def pairwise_attention_and_mls(mu, sigma_sq) -> tuple[tf.Tensor, tf.Tensor]:

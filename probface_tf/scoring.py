@@ -7,6 +7,8 @@ Two faces ``(mu_i, sigma_sq_i)``, ``(mu_j, sigma_sq_j)`` are compared by
 * MLS (D-dim sigma): ``-(mean_d (mu_id - mu_jd)^2/(s_id + s_jd) + mean_d log(s_id + s_jd))``;
 * attention-only: the same two scores without their log term.
 
+The formulas themselves are ``probface_tf.mls`` (one definition for NumPy and TensorFlow).
+
 Every score has an element-wise form (pair list: row k of the first set against row k of the second, the
 evaluation protocol) and a pairwise form (all-pairs matrix). The element-wise NumPy forms repeat the original's
 float32 operations one for one; the pairwise forms work on row blocks on two threads, and the elementwise tail of
@@ -22,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from probface_tf import fastmls_tail
+from probface_tf import fastmls_tail, mls
 
-MLS_EPSILON = 1e-10  # added to the FastMLS denominator, as the original
 HARMONIC_EPSILON = 1e-6  # face-uncertainty-pytorch's guard in 1/mean(1/(sigma_sq + eps))
 FUSIONS = ("max", "sum", "min", "mean", "harmonic")
 DEFAULT_BLOCK_ROWS = 1024
@@ -90,10 +91,8 @@ def fastmls_scores(mu1, s1, mu2, s2, attention_only: bool = False) -> np.ndarray
     _same_rows(mu1, mu2, "mu1, mu2")
     s1 = _as_sigma(s1, mu1.shape[0], "sigma_sq1", width=1)
     s2 = _as_sigma(s2, mu2.shape[0], "sigma_sq2", width=1)
-    mutual = (s1 + s2).ravel()
-    cos = np.sum(mu1 * mu2, axis=1)
-    attention = 2 * (1 - cos) / (MLS_EPSILON + mutual)
-    return -attention if attention_only else -(attention + np.log(mutual))
+    attention, total = mls.fastmls_terms(np.sum(mu1 * mu2, axis=1), (s1 + s2).ravel())
+    return -(attention if attention_only else total)
 
 
 def mls_scores(mu1, s1, mu2, s2, attention_only: bool = False) -> np.ndarray:
@@ -102,9 +101,8 @@ def mls_scores(mu1, s1, mu2, s2, attention_only: bool = False) -> np.ndarray:
     _same_rows(mu1, mu2, "mu1, mu2")
     s1 = _as_sigma(s1, mu1.shape[0], "sigma_sq1", width=mu1.shape[1])
     s2 = _as_sigma(s2, mu2.shape[0], "sigma_sq2", width=mu2.shape[1])
-    mutual = s1 + s2
-    attention = np.mean(np.square(mu1 - mu2) / mutual, axis=1)
-    return -attention if attention_only else -(attention + np.mean(np.log(mutual), axis=1))
+    attention, total = mls.mls_terms(np.square(mu1 - mu2), s1 + s2, eps=0.0)
+    return -(attention if attention_only else total)
 
 
 def split_features(x) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +212,7 @@ def fastmls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows:
     out = np.empty((mu1.shape[0], mu2.shape[0]), dtype)
     if out.size == 0:
         return out
-    eps = dtype.type(MLS_EPSILON)
+    eps = dtype.type(mls.MLS_EPSILON)
     if fastmls_tail.usable(s1, s2):
         tail = functools.partial(fastmls_tail.apply, eps=eps, attention_only=attention_only)
     else:
@@ -280,11 +278,8 @@ def mls_pairwise(mu1, s1, mu2, s2, attention_only: bool = False, block_rows: int
         a_mu, a_s = mu1[start:stop, None, :], s1[start:stop, None, :]
         for col in range(0, mu2.shape[0], block_cols):
             b_mu, b_s = mu2[None, col:col + block_cols], s2[None, col:col + block_cols]
-            mutual = a_s + b_s
-            score = np.mean(np.square(a_mu - b_mu) / mutual, axis=2)
-            if not attention_only:
-                score += np.mean(np.log(mutual), axis=2)
-            np.negative(score, out=out[start:stop, col:col + block_cols])
+            attention, total = mls.mls_terms(np.square(a_mu - b_mu), a_s + b_s, eps=0.0)
+            np.negative(attention if attention_only else total, out=out[start:stop, col:col + block_cols])
 
     _run_blocks(mu1.shape[0], fill, block_rows, threads)
     return out
@@ -375,8 +370,8 @@ def fastmls_tf(mu1, s1, mu2, s2, pairwise: bool = False, attention_only: bool = 
     else:
         cos = tf.reduce_sum(mu1 * mu2, axis=-1)
         mutual = tf.reshape(s1 + s2, [-1])
-    attention = 2 * (1 - cos) / (MLS_EPSILON + mutual)
-    return -attention if attention_only else -(attention + tf.math.log(mutual))
+    attention, total = mls.fastmls_terms(cos, mutual, mls.tensorflow_ops(tf))
+    return -(attention if attention_only else total)
 
 
 def mls_tf(mu1, s1, mu2, s2, pairwise: bool = False, attention_only: bool = False):
@@ -385,6 +380,5 @@ def mls_tf(mu1, s1, mu2, s2, pairwise: bool = False, attention_only: bool = Fals
     if pairwise:
         mu1, s1 = tf.expand_dims(mu1, 1), tf.expand_dims(s1, 1)
         mu2, s2 = tf.expand_dims(mu2, 0), tf.expand_dims(s2, 0)
-    mutual = s1 + s2
-    attention = tf.reduce_mean(tf.square(mu1 - mu2) / mutual, axis=-1)
-    return -attention if attention_only else -(attention + tf.reduce_mean(tf.math.log(mutual), axis=-1))
+    attention, total = mls.mls_terms(tf.square(mu1 - mu2), s1 + s2, mls.tensorflow_ops(tf), eps=0.0)
+    return -(attention if attention_only else total)

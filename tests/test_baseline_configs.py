@@ -143,3 +143,30 @@ def test_demo_baseline_models_build(name, demo_cwd):
     assert isinstance(head, MCDropoutHead if cfg.head_type == "mc_dropout" else ProbabilityHead)
     if cfg.head_type == "mc_dropout":
         assert (head.rate, head.samples) == (cfg.mc_dropout_rate, cfg.mc_samples)
+
+
+# The original's recipes (configfig/) and the width of the conv_final their head reads, built at 32x32 with one
+# block per stage to stay quick (neither changes which network, head or widths the recipe picks): 2x2 x the last stage's filters (512, half-width 256), plus for the fusion backbones the global average of
+# every stage (64+128+256+512 = 960, half-width 480), as 18432 / 19392 / 9216 / 9696 at 96x96 (ORIGINAL_SPEC
+# section 2). Each names its own base model, since a full-width ResFace64 does not fit the other backbones.
+ORIGINAL_RECIPES = {
+    "resface64_msarcface": (2048, "log/resface64/20200122-214343-arc"),
+    "resface64_mls_ddim": (2048, "log/resface64/20200122-214343-arc"),
+    "resface64m_msarcface": (2048 + 960, "log/resface64_relu_msarcface_am_PFE/20201022-104812-mls1.0-abs1e-3"),
+    "resface64s2_msarcface": (1024, "log/resface64s2/20200624-231443-run07-arc"),
+    "resface64s2m_msarcface": (1024 + 480, "log/resface64s2/20200624-231443-run07-arc"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_RECIPES))
+def test_original_recipes_build_on_their_own_base_model(name):
+    from probface_tf.methods import model_from_config as from_config
+
+    cfg = load(name)
+    width, base_model = ORIGINAL_RECIPES[name]
+    assert cfg.restore_model == base_model
+    assert cfg.image_size == [96, 96]
+    model = from_config(cfg.replace(image_size=[32, 32], backbone_blocks=[1, 1, 1, 1]))
+    head = model.get_layer("UncertaintyModule")
+    assert head.input.shape[-1] == width
+    assert model.output["sigma_sq"].shape[-1] == cfg.uncertainty_module_output_size

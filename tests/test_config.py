@@ -95,6 +95,80 @@ def test_overrides_and_their_errors():
         load_config("configs/tiny.py", ["output_constraint_type=L3"])
 
 
+MSARCFACE = "configs/resface64_msarcface.py"
+
+
+def test_overrides_reach_the_keys_derived_from_them():
+    """--set num_epochs / batch_size / lr move the schedule and the batch format computed from them."""
+    cfg = load_config(MSARCFACE, ["num_epochs=6", "batch_size=64", "lr=0.05"])
+    assert cfg.batch_format == {"size": 64, "num_classes": 16}
+    assert [learning_rate_at(s, cfg.learning_rate_schedule) for s in (0, 2999, 3000, 5999)] == \
+        pytest.approx([0.05, 0.05, 0.005, 0.005])
+
+
+def test_an_override_of_a_derived_key_wins():
+    cfg = load_config(MSARCFACE, ["num_epochs=6", "learning_rate_schedule={0: 0.1}"])
+    assert cfg.learning_rate_schedule == {0: 0.1}
+
+
+def test_override_that_a_plain_assignment_reads_is_refused(tmp_path):
+    path = tmp_path / "literal.py"
+    path.write_text("lr = 0.1\n_low = 0.1 * lr\nlearning_rate_schedule = {0: lr, 500: _low}\nbatch_size = 64\n"
+                    "preprocess_test = [['resize', (32, 32)], ['standardize', 'mean_scale']]\n"
+                    "weight_decay = 0.1 * _low\n")
+    # weight_decay reads lr through the private intermediate _low
+    with pytest.raises(ConfigError, match=r"--set lr=0\.2: .*literal\.py computes learning_rate_schedule, "
+                                          r"weight_decay from 'lr'.*set learning_rate_schedule, weight_decay as well"):
+        load_config(str(path), ["lr=0.2"])
+    cfg = load_config(str(path), ["lr=0.2", "learning_rate_schedule={0: 0.2}", "weight_decay=0.0"])
+    assert (cfg.learning_rate_schedule, cfg.weight_decay) == ({0: 0.2}, 0.0)
+    assert load_config(str(path), ["batch_size=32"]).batch_format == {"size": 32, "num_classes": 8}
+
+
+def test_override_of_a_key_the_recipe_does_not_use_is_refused(tmp_path):
+    path = tmp_path / "fixed.py"
+    path.write_text("lr = 0.1\nlearning_rate_schedule = {0: 0.1, 500: 0.01}\n")
+    with pytest.raises(ConfigError, match=r"fixed\.py sets learning_rate_schedule without reading 'lr', so the "
+                                          r"override would change nothing; set learning_rate_schedule instead"):
+        load_config(str(path), ["lr=0.2"])
+    child = tmp_path / "child.py"  # a function of the config replaces the base's fixed schedule
+    child.write_text("from fixed import *\n\n\ndef learning_rate_schedule(c):\n    return {0: c.lr}\n")
+    assert load_config(str(child), ["lr=0.2"]).learning_rate_schedule == {0: 0.2}
+
+
+@pytest.mark.parametrize("key", ["epoch_size", "num_epochs", "batch_size"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_zero_or_negative_steps_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"tiny\.py: key '{key}' must be a positive int, got {value}"):
+        load_config("configs/tiny.py", [f"{key}={value}"])
+
+
+def test_a_recipe_imports_its_base_and_derived_keys_follow(tmp_path):
+    child = tmp_path / "child.py"
+    child.write_text("from resface64_msarcface import *\nname = 'child'\nnum_epochs = 8\n"
+                     "loss_weights['mls_loss'] = 3.0\n")
+    cfg = load_config(str(child))
+    assert (cfg.name, cfg.restore_model) == ("child", "log/resface64/20200122-214343-arc")
+    assert sorted(cfg.learning_rate_schedule) == [0, 4000, 6000]
+    assert cfg.loss_weights["mls_loss"] == 3.0
+    assert load_config(MSARCFACE).loss_weights["mls_loss"] == 1.0  # every load reads its base afresh
+    copy = tmp_path / "run" / "config.py"  # a run's copy, away from configs/, still finds the shipped base
+    copy.parent.mkdir()
+    copy.write_text(child.read_text())
+    assert load_config(str(copy)).to_dict() == cfg.to_dict()
+
+
+def test_ignored_original_keys_are_accepted_and_reported(caplog):
+    from probface_tf.config_schema import SCHEMA
+
+    ignored = sorted(k for k, spec in SCHEMA.items() if spec.ignored)
+    assert ignored == ["learning_rate_strategy", "num_gpus", "s_wd_alpha", "s_wd_type", "uncertainty_module"]
+    assert all(SCHEMA[k].doc.startswith("ignored") for k in ignored)
+    with caplog.at_level("WARNING", logger="probface_tf.config"):
+        load_config("configs/resface64s2m_msarcface.py")
+    assert "s_wd_alpha, s_wd_type have no effect" in caplog.text
+
+
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "none.py"))

@@ -3,6 +3,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -151,3 +152,20 @@ def test_usage_errors(tmp_path):
     assert code == 1 and "split" in err
     code, out, _ = cli("inspect", tmp_path / "nowhere")
     assert code == 1 and "nowhere" in out
+
+
+def test_synth_over_a_users_identity_tree_keeps_it(synth_root, tmp_path):
+    """A copied identity tree with a file of the user's own under --root: exit 1, one line naming its files,
+    every file still there."""
+    root, _ = synth_root
+    user = tmp_path / "u"
+    shutil.copytree(root / "train", user / "train")
+    (user / "train" / "00000" / "mine.txt").write_text("keep me")
+    before = sorted(p.relative_to(user) for p in user.rglob("*"))
+    code, out, err = cli("synth", "--root", user, *SYNTH, "--workers", "1")
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probface-data synth: error: ")
+    assert "train/00000/000.jpg" in lines[0] and "nothing was removed" in lines[0]
+    assert sorted(p.relative_to(user) for p in user.rglob("*")) == before
+    assert (user / "train" / "00000" / "mine.txt").read_text() == "keep me"

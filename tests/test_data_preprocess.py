@@ -280,7 +280,7 @@ def test_preprocess_from_config_reads_the_recipe_keys():
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("ops,needle", [
     ([["resize", (96, 96)], ["sharpen"]], "'sharpen'"),
-    ([["cutout", 0.3]], "'cutout'"),
+    ([["cutout", 0.3, 1.5]], "'cutout'"),  # n_holes must be an integer
     ([["standardize", "zscore"]], "'zscore'"),
     ([["resize", 96]], "'resize'"),
     ([["padding", (1, 2, 3)]], "'padding'"),

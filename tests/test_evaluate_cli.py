@@ -169,7 +169,7 @@ def test_saved_model_export_gives_the_same_features(data, tmp_path):
 
 def test_tf1_checkpoint_matches_original_graph(data, tmp_path):
     from probface_tf.models.resface import BackboneSpec
-    from probface_tf.tf1_reference import TF1ProbFace
+    from tf1_reference import TF1ProbFace
 
     graph = TF1ProbFace(BackboneSpec((8, 8, 16, 16), (1, 1, 1, 1)), (32, 32), 16, 1)
     x = _reference_preprocess(data["images"][:8])
@@ -251,6 +251,18 @@ def test_cli_outputs_and_refused_bin(data, tmp_path):
     payload = json.loads((out / "results.json").read_text())
     assert [d["name"] for d in payload["datasets"]] == ["lfw", "cfp_fp"]
     assert payload["datasets"][1]["pairs"] == 40
+    # calibration.json: thresholds recomputed from the pooled pairs of both sets (sorted impostor scores)
+    calibration = json.loads((out / "calibration.json").read_text())
+    pooled = [dict(np.load(out / name / "scores.npz")) for name in ("lfw", "cfp_fp")]
+    issame = np.concatenate([p["issame"] for p in pooled])
+    for score in ("fastmls", "cosine"):
+        impostors = np.sort(np.concatenate([p[score] for p in pooled])[~issame])[::-1]
+        for fmr in ("0.01", "0.001", "0.0001"):
+            expected = impostors[int(np.floor(float(fmr) * impostors.size))]
+            assert calibration["fmr_thresholds"][score][fmr] == pytest.approx(expected, abs=1e-6)
+    fused = np.concatenate([(p["sigma_sq_1"] + p["sigma_sq_2"]).ravel() for p in pooled])
+    assert calibration["reject_sigma_sq"]["0.1"] == pytest.approx(np.quantile(fused, 0.9), abs=1e-6)
+    assert calibration["pairs"] == 100 and calibration["impostors"] == int((~issame).sum())
 
     (tmp_path / "evil.bin").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     refused_out = tmp_path / "refused_out"
@@ -302,14 +314,16 @@ def test_run_eval_sh_usage_errors(make_args, needle, tmp_path):
 
 
 def test_bfloat16_backbone_keeps_the_numbers_close_and_refuses_other_models(data, tmp_path):
-    """``--compute_dtype bfloat16``: the folded backbone in bfloat16 moves mu by ~1e-3 (8-bit mantissa); the
-    evaluation numbers stay those of float32 within that."""
+    """``--compute_dtype bfloat16`` through the model loader: the folded backbone in bfloat16 (8-bit mantissa)
+    moves this tiny model's 16-d mu by 4.8e-3 at most (measured; a short embedding has larger entries, hence
+    larger absolute round-off). The README's bound for ResFace64's 256-d mu, 2.5e-3, is asserted in
+    test_parity.py::test_converted_checkpoint_matches_original_graph."""
     images = _reference_preprocess(data["images"][:16])
     exact = load_model(str(data["root"] / "tiny.keras"))(images)
     fast = load_model(str(data["root"] / "tiny.keras"), compute_dtype="bfloat16")(images)
     assert fast["mu"].dtype == np.float32
     error = np.abs(fast["mu"] - exact["mu"]).max()
-    assert 0 < error < 2e-2  # really reduced precision, and still close
+    assert 1e-4 < error <= 1e-2  # really reduced precision, and still close
     np.testing.assert_allclose(fast["sigma_sq"], exact["sigma_sq"], rtol=5e-2)
     with pytest.raises(ModelLoadError, match="--compute_dtype must be one of"):
         load_model(str(data["root"] / "tiny.keras"), compute_dtype="int8")

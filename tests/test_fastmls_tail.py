@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from probface_tf import fastmls_tail, scoring
+from probface_tf import fastmls_tail, mls, scoring
 
 pytest.importorskip("llvmlite")
 
@@ -117,3 +117,25 @@ def test_mismatched_tile_is_refused_before_the_unchecked_loop():
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         fastmls_tail.apply(frozen, a, b, 1e-10)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("attention_only", [False, True])
+def test_pairwise_tails_compute_the_shared_formula(rng, monkeypatch, compiled, attention_only):
+    """Both optimised tails (compiled, tiled NumPy) give -fastmls_terms of probface_tf.mls on every pair."""
+    mu1, mu2 = unit_rows(rng, 40, 8), unit_rows(rng, 33, 8)
+    s1, s2 = rng.uniform(1e-6, 1, 40).astype(np.float32), rng.uniform(1e-6, 1, 33).astype(np.float32)
+    if not compiled:
+        monkeypatch.setattr(fastmls_tail, "_compiled", False)
+    assert fastmls_tail.usable(s1, s2) == compiled
+    got = scoring.fastmls_pairwise(mu1, s1, mu2, s2, attention_only, block_rows=16)
+    mutual = s1.astype(np.float64)[:, None] + s2.astype(np.float64)[None, :]
+    attention, total = mls.fastmls_terms(mu1.astype(np.float64) @ mu2.astype(np.float64).T, mutual)
+    want = -(attention if attention_only else total)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    assert np.ptp(want) > 1.0  # the pairs differ: not a constant matched by accident
+
+
+def unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -357,3 +357,15 @@ def test_degenerate_batches_stay_finite(case, metric, width, rng):
         assert float(watch["att_neg"]) == 0.0 and float(watch["mls"]) != 0.0
         if metric == "contrastive":  # no hinge term without negatives
             assert float(watch["atte"]) == pytest.approx(float(watch["att_pos"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("honour,expected", [(False, "triplet_semihard"), (True, "contrastive")])
+def test_discriminat_metric_type_is_ignored_unless_honoured(honour, expected):
+    """The original reads discriminat_metric_type through an inverted test and always trains triplet_semihard;
+    honour_discriminat_metric_type=True uses the recipe's value."""
+    from probface_tf.config import load_config
+    from probface_tf.train.loop import discriminative_metric
+
+    cfg = load_config("configs/tiny.py", ["discriminat_metric_type=contrastive",
+                                          f"honour_discriminat_metric_type={honour}"])
+    assert discriminative_metric(cfg) == expected

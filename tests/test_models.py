@@ -7,7 +7,7 @@ import keras
 from probface_tf.models.probface import backbone_of, build_probface, head_of, predict
 from probface_tf.models.resface import BackboneSpec, build_resface, conv_final_size, tf1_variable_map
 from probface_tf.models.uncertainty import UncertaintyModule
-from probface_tf.tf1_reference import TF1ProbFace
+from tf1_reference import TF1ProbFace
 
 TINY = dict(image_size=(32, 32), embedding_size=16, backbone_filters=(8, 8, 16, 16), backbone_blocks=(1, 1, 1, 1))
 

@@ -11,9 +11,10 @@ import tensorflow as tf
 
 from probface_tf.config import from_dict
 from probface_tf.convert import CheckpointError, assign_checkpoint, find_checkpoint, load_tf1_checkpoint
+from probface_tf.models.inference import fold_batch_norm
 from probface_tf.models.probface import backbone_of, build_probface, head_of
 from probface_tf.models.resface import BackboneSpec
-from probface_tf.tf1_reference import TF1ProbFace
+from tf1_reference import TF1ProbFace
 
 # variant: (embedding_network, sigma size, input side)
 VARIANTS = {
@@ -30,14 +31,22 @@ def _count(variables, trainable):
     return sum(int(np.prod(v.shape)) for v in variables if v.trainable == trainable)
 
 
+# The bounds the README states. Measured (Xeon with AMX, seeded reference weights): max |dmu| 2.1e-7, max
+# |dlog sigma^2| 7.1e-5 over the variants below -- float32 round-off of 64 convs (a few ulp of mu's entries),
+# amplified in log sigma^2 by the head's batch norm; both graphs are equally far from a float64 evaluation.
+MU_TOL, LOG_SIGMA_SQ_TOL = 5e-7, 1e-4
+# evaluate.py --compute_dtype bfloat16 runs the BN-folded backbone in bfloat16 (8-bit mantissa): the README's
+# bound on how far that moves mu of ResFace64 @96. Measured max |dmu| 1.5e-3 here (AMX; 1.2e-3 on
+# benchmarks/extract.py's two images), 1.8e-3 reported on an AVX-512-BF16 CPU without AMX.
+BF16_MU_TOL = 2.5e-3
+
+
 def _assert_parity(out, ref, record_property):
-    """The issue's tolerances: max |dmu| <= 1e-5, max |dlog sigma^2| <= 1e-4 (float32 round-off of 64 convs,
-    amplified by the head's batch norm; both graphs are equally far from a float64 evaluation)."""
     d_mu = float(np.abs(out["mu"].numpy() - ref["mu"]).max())
     d_log = float(np.abs(out["log_sigma_sq"].numpy() - ref["log_sigma_sq"]).max())
     record_property("max_abs_dmu", d_mu)  # in --junitxml reports, for tracking the margins
     record_property("max_abs_dlog_sigma_sq", d_log)
-    assert d_mu <= 1e-5 and d_log <= 1e-4, (d_mu, d_log)
+    assert d_mu <= MU_TOL and d_log <= LOG_SIGMA_SQ_TOL, (d_mu, d_log)
     assert np.allclose(out["sigma_sq"].numpy(), ref["sigma_sq"], rtol=1e-4)
     # Not a trivial match: the head's output varies across inputs.
     assert np.ptp(ref["log_sigma_sq"]) > 1e-3
@@ -56,6 +65,11 @@ def test_converted_checkpoint_matches_original_graph(variant, tmp_path, record_p
     model = load_tf1_checkpoint(str(tmp_path), freeze_backbone=False)
     assert tuple(model.input.shape[1:]) == (side, side, 3)  # the input size is read off the checkpoint
     _assert_parity(model(images, training=False), ref, record_property)
+    if variant == "resface64_1d":
+        fast = fold_batch_norm(model, compute_dtype="bfloat16")
+        error = float(np.abs(fast(images, training=False)["mu"].numpy() - ref["mu"]).max())
+        record_property("max_abs_dmu_bfloat16", error)
+        assert 1e-4 < error <= BF16_MU_TOL  # really reduced precision, and within the stated bound
 
     # Same parameter counts: TF1 variables (all trainable in the original's collection) vs Keras.
     tf1 = graph.get_weights()
@@ -255,3 +269,5 @@ def test_convert_cli_allow_missing_head_on_a_backbone_only_checkpoint(tmp_path):
     assert float(head.scale_and_shift.alpha.numpy()) == pytest.approx(0.1)
     assert float(head.scale_and_shift.gamma.numpy()) == pytest.approx(-1.0)
     assert model(images)["sigma_sq"].shape == (3, 1)
+
+

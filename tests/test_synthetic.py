@@ -1,6 +1,7 @@
 """The embedded synthetic dataset: determinism, formats, severity semantics, held-out split."""
 import csv
 import io
+import json
 import os
 import pickle
 
@@ -10,6 +11,7 @@ from PIL import Image
 from scipy import stats
 
 from probface_tf.data import synthetic as syn
+from probface_tf.data import synthetic_degrade, synthetic_faces
 
 TINY = dict(num_identities=8, images_per_identity=3, seed=3, image_size=48, bin_pairs=10, split=0.25)
 
@@ -79,7 +81,7 @@ def test_layout_split_and_severity_csv(tiny):
         identity, index, s = int(row["identity"]), int(row["index"]), float(row["severity"])
         assert row["split"] == ("train" if identity < 6 else "heldout")
         # PNG is lossless: the file is exactly the rendered image with the recorded severity.
-        expected, expected_s = syn.render_image(TINY["seed"], identity, index, 48, "mixed")
+        expected, expected_s = synthetic_degrade.render_image(TINY["seed"], identity, index, 48, "mixed")
         assert s == expected_s
         np.testing.assert_array_equal(image, expected)
     assert syn.read_severity(tiny.severity_csv)["heldout/00007/002.png"] == (7, float(rows[-1]["severity"]))
@@ -157,23 +159,23 @@ def test_bad_arguments_name_the_key(tmp_path, key, value):
 
 
 def test_severity_distributions():
-    mixed = np.array([syn.draw_severity(0, i, n, "mixed") for i in range(200) for n in range(10)])
-    uniform = np.array([syn.draw_severity(0, i, n, "uniform") for i in range(200) for n in range(10)])
+    mixed = np.array([synthetic_degrade.draw_severity(0, i, n, "mixed") for i in range(200) for n in range(10)])
+    uniform = np.array([synthetic_degrade.draw_severity(0, i, n, "uniform") for i in range(200) for n in range(10)])
     assert mixed.min() >= 0 and mixed.max() <= 1 and uniform.min() >= 0 and uniform.max() <= 1
     # mixed: half below 0.1 plus a uniform half, i.e. P(s < 0.1) = 0.55 and P(s > 0.5) = 0.25
     assert abs(np.mean(mixed < 0.1) - 0.55) < 0.04
     assert abs(np.mean(mixed > 0.5) - 0.25) < 0.04
     assert stats.kstest(uniform, "uniform").pvalue > 1e-3
-    assert syn.draw_severity(0, 1, 2, 0.3) == 0.3 and syn.draw_severity(0, 1, 2, "clean") == 0.0
+    assert synthetic_degrade.draw_severity(0, 1, 2, 0.3) == 0.3 and synthetic_degrade.draw_severity(0, 1, 2, "clean") == 0.0
 
 
 def test_degradation_grows_with_severity():
     levels = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     errors = {s: [] for s in levels}
     for identity in range(12):
-        clean = syn.render_clean(5, identity, 0, 64)
+        clean = synthetic_faces.render_clean(5, identity, 0, 64)
         for s in levels:
-            image, _ = syn.render_image(5, identity, 0, 64, s)
+            image, _ = synthetic_degrade.render_image(5, identity, 0, 64, s)
             errors[s].append(np.abs(image.astype(np.float64) - clean).mean())
     means = [np.mean(errors[s]) for s in levels]
     assert means[0] < 1.5  # severity 0 is the clean render up to 1-level noise and rounding
@@ -188,10 +190,10 @@ def _features(image):
 
 
 def _nearest_identity_accuracy(severity, k=30):
-    gallery = np.stack([_features(syn.render_image(1, i, 0, 112, 0.0)[0]) for i in range(k)])
+    gallery = np.stack([_features(synthetic_degrade.render_image(1, i, 0, 112, 0.0)[0]) for i in range(k)])
     hits = []
     for index in (1, 2):
-        probes = np.stack([_features(syn.render_image(1, i, index, 112, severity)[0]) for i in range(k)])
+        probes = np.stack([_features(synthetic_degrade.render_image(1, i, index, 112, severity)[0]) for i in range(k)])
         hits.append(np.argmax(probes @ gallery.T, axis=1) == np.arange(k))
     return float(np.mean(hits))
 
@@ -206,10 +208,49 @@ def test_high_severity_destroys_identity():
 
 
 def test_nuisance_keeps_identity_but_varies_images():
-    a = syn.render_clean(2, 0, 0, 64)
-    b = syn.render_clean(2, 0, 1, 64)
-    np.testing.assert_array_equal(a, syn.render_clean(2, 0, 0, 64))
+    a = synthetic_faces.render_clean(2, 0, 0, 64)
+    b = synthetic_faces.render_clean(2, 0, 1, 64)
+    np.testing.assert_array_equal(a, synthetic_faces.render_clean(2, 0, 0, 64))
     assert np.abs(a - b).mean() > 5.0
-    p = syn.identity_params(2, 0)
-    assert p == syn.identity_params(2, 0)
-    assert syn.identity_params(2, 0).skin != syn.identity_params(2, 1).skin
+    p = synthetic_faces.identity_params(2, 0)
+    assert p == synthetic_faces.identity_params(2, 0)
+    assert synthetic_faces.identity_params(2, 0).skin != synthetic_faces.identity_params(2, 1).skin
+
+
+def test_never_removes_a_users_own_train_folder(tmp_path):
+    """A root whose train/ is the user's (same folder names as ours) is refused, and nothing is removed."""
+    mine = tmp_path / "train" / "00000"
+    mine.mkdir(parents=True)
+    (mine / "000.jpg").write_bytes(b"my photo")
+    (tmp_path / "train" / "notes.txt").write_text("mine")
+    with pytest.raises(syn.SyntheticDataError, match="train/00000/000.jpg"):
+        syn.synthesize(str(tmp_path), workers=1, **TINY)
+    assert (mine / "000.jpg").read_bytes() == b"my photo" and (tmp_path / "train" / "notes.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["train"]
+
+
+def test_regenerating_keeps_a_file_the_user_added(tmp_path):
+    spec = dict(TINY, num_identities=5, split=0.4, bin_pairs=4)
+    first = syn.synthesize(str(tmp_path), workers=1, **spec)
+    added = os.path.join(first.train_dir, "00001", "extra.jpg")
+    open(added, "wb").write(b"added")
+    before = _files(first.root)
+    with pytest.raises(syn.SyntheticDataError, match="train/00001/extra.jpg"):
+        syn.synthesize(str(tmp_path), workers=1, **dict(spec, seed=9))
+    assert _files(first.root) == before
+
+
+def test_an_interrupted_synthesis_is_ours_to_redo(tmp_path):
+    """Files of a run that stopped before its manifest (the pending spec names them) are replaced."""
+    spec = dict(TINY, num_identities=5, split=0.4, bin_pairs=4)
+    done = syn.synthesize(str(tmp_path / "ref"), workers=1, **spec)
+    root = tmp_path / "cut"
+    syn.synthesize(str(root), workers=1, **spec)
+    pending = json.dumps({"spec": json.load(open(root / syn.MANIFEST))["spec"]})
+    (root / syn.PENDING).write_text(pending)
+    os.remove(root / syn.MANIFEST)
+    os.remove(root / syn.BIN_NAME)
+    again = syn.synthesize(str(root), workers=1, **spec)
+    assert not (root / syn.PENDING).exists()
+    ref = _files(done.root)
+    assert _files(again.root) == ref

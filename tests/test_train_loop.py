@@ -13,7 +13,7 @@ from probface_tf.config import from_dict, load_config
 from probface_tf.convert import CheckpointError
 from probface_tf.models.probface import backbone_of, build_probface, head_of
 from probface_tf.models.resface import BackboneSpec, build_resface, tf1_variable_map
-from probface_tf.tf1_reference import TF1ProbFace
+from tf1_reference import TF1ProbFace
 from probface_tf.train.logs import format_line, latest_run_dir
 from probface_tf.train.checks import TrainingInputError, check_inputs
 from probface_tf.train.loop import HeadTrainer, train

@@ -6,7 +6,7 @@ from probface_tf.config import from_dict
 from probface_tf.convert import assign_checkpoint
 from probface_tf.models.probface import build_probface, head_of
 from probface_tf.models.resface import BackboneSpec
-from probface_tf.tf1_reference import TF1ProbFace
+from tf1_reference import TF1ProbFace
 from probface_tf.train.loop import HeadTrainer
 
 SPEC = BackboneSpec((8, 8, 16, 16), (1, 1, 1, 1))

@@ -21,6 +21,7 @@ import time
 from absl import app
 from absl.flags import argparse_flags
 
+from probface_tf.cli_support import fail_cleanly
 from probface_tf.data.errors import DataError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
@@ -222,11 +223,10 @@ def build_parser():
 
 
 def main(args) -> int:
-    try:
+    # Refused input (DataError), a system error (disk full, a file where a folder belongs) or a TensorFlow op
+    # error: one line and exit 1; PROBFACE_DEBUG=1 shows the traceback.
+    with fail_cleanly(f"probface-data {args.command}", EXIT_REFUSED):
         return args.func(args)
-    except DataError as exc:
-        print(f"probface-data {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
 
 
 def run(argv=None) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+
+import numpy as np
 
 from probface_tf.data.errors import DatasetFormatError
 from probface_tf.data.face_dataset import (  # noqa: F401 - the dataset type and its helpers are public here
@@ -12,12 +15,32 @@ from probface_tf.data.listfile import read_list_file
 from probface_tf.data.recordio import read_recordio
 
 
-def open_dataset(path: str, max_identities: int | None = 20000, strict: bool = False, **kwargs) -> FaceDataset:
+def merge_datasets(parts: Sequence) -> FaceDataset:
+    """One dataset from several: each part's labels shifted past the previous parts' classes, as the original's
+    ``init_from_folders`` (label = folder index + classes of the roots before)."""
+    if not parts:
+        raise DatasetFormatError("no dataset to merge: the list of training roots is empty")
+    sources, labels, names, ignored, offset = [], [], [], [], 0
+    for part in parts:
+        sources += list(part.sources)
+        labels.append(part.labels + offset)
+        names += list(part.class_names)
+        ignored += list(part.ignored)
+        offset += part.num_classes
+    return FaceDataset(sources, np.concatenate(labels), offset, names, root=", ".join(p.root for p in parts),
+                       ignored=ignored, strict=parts[0].strict)
+
+
+def open_dataset(path, max_identities: int | None = 20000, strict: bool = False, **kwargs) -> FaceDataset:
     """Read a training set, choosing the reader from what ``path`` is.
 
     ``*.rec`` (or ``*.idx``, or a folder holding ``train.rec``): insightface RecordIO; ``*.txt`` / ``*.lst`` /
-    ``*.list``: a list file; any other folder: ``root/<identity>/<image>``.
+    ``*.list``: a list file; any other folder: ``root/<identity>/<image>``. A list of such paths is read path
+    by path and merged (``merge_datasets``); as the original's list of folders, each is read whole, without the
+    ``max_identities`` cut.
     """
+    if isinstance(path, (list, tuple)):
+        return merge_datasets([open_dataset(p, None, strict, **kwargs) for p in path])
     path = os.path.expanduser(str(path))
     if not os.path.exists(path):
         raise DatasetFormatError(f"dataset path not found: {path}")

@@ -17,6 +17,10 @@ original NumPy/SciPy pipeline number for number:
 * ``random_flip`` (left-right with probability 1/2 per image), ``standardize`` (``'mean_scale'``:
   ``(x - 128) / 128``, ``'scale'``: ``x / 255``), ``center_crop``, ``random_crop`` and ``padding``.
 
+The original's other registered ops (``random_shift``, ``random_downsample``, ``random_interpolate``,
+``expand_flip``, ``five_crop``, ``ten_crop``, ``cutout``, ``rotate``, ``gaussian_blur``) are in
+``probface_tf.data.augment``.
+
 An op list is the original config form, e.g. ``[['resize', (96, 96)], ['random_flip'], ['standardize',
 'mean_scale']]``, applied in order.
 """
@@ -25,15 +29,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from probface_tf.data import augment
 from probface_tf.data.errors import PreprocessError
 
 RESIZE_METHODS = ("pil_bilinear", "bilinear")
 STANDARDIZE_MODES = ("mean_scale", "scale")
 # name -> number of arguments after the name
 _OP_ARITY = {"resize": 1, "random_flip": 0, "standardize": 1, "center_crop": 1, "random_crop": 1, "padding": 1}
-# Registered in the original but used by none of its recipes.
-_NOT_IMPLEMENTED = ("random_shift", "random_interpolate", "random_downsample", "expand_flip", "five_crop",
-                    "ten_crop", "cutout", "rotate", "gaussian_blur")
+# The original's other registered ops (used by none of its recipes): probface_tf.data.augment.
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images: 32 - 8 - 2
 _ONE = float(1 << _PRECISION_BITS)
@@ -65,11 +68,12 @@ def parse_ops(ops) -> list[tuple[str, tuple]]:
         if not isinstance(op, (list, tuple)) or not op or not isinstance(op[0], str):
             raise PreprocessError(f"preprocessing op #{pos} must be ['name', args...], got {op!r}")
         name, args = op[0], tuple(op[1:])
-        if name in _NOT_IMPLEMENTED:
-            raise PreprocessError(f"preprocessing op #{pos} '{name}' exists in the original but is used by none "
-                                  f"of its recipes and is not implemented; supported: {sorted(_OP_ARITY)}")
+        if name in augment.AUGMENT_ARITY:
+            parsed.append((name, augment.check_args(name, args, pos)))
+            continue
         if name not in _OP_ARITY:
-            raise PreprocessError(f"unknown preprocessing op #{pos} '{name}'; supported: {sorted(_OP_ARITY)}")
+            raise PreprocessError(f"unknown preprocessing op #{pos} '{name}'; supported: "
+                                  f"{sorted(_OP_ARITY) + sorted(augment.AUGMENT_ARITY)}")
         if len(args) != _OP_ARITY[name]:
             raise PreprocessError(f"preprocessing op #{pos} '{name}' takes {_OP_ARITY[name]} argument(s), "
                                   f"got {list(args)!r}")
@@ -158,11 +162,12 @@ def _run(x, holds_uint8: bool, steps, first_index: int, training: bool, contrast
     """Apply parsed ops; op ``first_index + i`` of the full list draws from ``fold_in(seed, first_index + i)``."""
     for offset, (name, args) in enumerate(steps):
         op_seed = None if seed is None else _fold_in(seed, first_index + offset)
+        resize_fn = _original_resize(holds_uint8, contrast_stretch, resize_method)
         if name == "resize":
-            if not holds_uint8:
-                # Still a float array afterwards in the original, so a later resize stretches again.
-                x = bytescale(x) if contrast_stretch else tf.clip_by_value(tf.round(x), 0.0, 255.0)
-            x = resize(x, args[0], resize_method)
+            x = resize_fn(x, args[0])
+        elif name in augment.AUGMENT_ARITY:
+            x = augment.apply(name, x, args, training, op_seed, resize_fn)
+            seed = augment.follow_batch(name, seed, training)
         elif name == "random_flip":
             if training:
                 x = random_flip(x, op_seed)
@@ -176,6 +181,16 @@ def _run(x, holds_uint8: bool, steps, first_index: int, training: bool, contrast
         elif name == "padding":
             x = padding(x, args[0])
     return x, holds_uint8
+
+
+def _original_resize(holds_uint8: bool, contrast_stretch: bool, resize_method: str):
+    """``imresize`` as the original calls it on an array of this dtype."""
+    def resize_fn(x, size):
+        if not holds_uint8:
+            # Still a float array afterwards in the original, so a later resize stretches again.
+            x = bytescale(x) if contrast_stretch else tf.clip_by_value(tf.round(x), 0.0, 255.0)
+        return resize(x, size, resize_method)
+    return resize_fn
 
 
 def preprocess_from_config(images, cfg, training: bool, seed=None) -> tf.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +48,7 @@ class LoadedModel:
     # Gaussian's variance (MLS scores), or 'uncertainty', any other score, larger = riskier (the baselines:
     # PCNet/IDQ 1 - confidence, MC-dropout spread, ScaleFace 1/scale), used by the risk tables only.
     uncertainty: str = "sigma_sq"
+    metadata: dict | None = None  # a SavedModel export's probface.json (preprocessing, calibration, ...)
 
     def __call__(self, images) -> dict:
         out = self.fn(images)
@@ -130,7 +132,7 @@ def _load_saved_model(path: str) -> LoadedModel:
 
     model = LoadedModel(call, (shape[1], shape[2]), has_sigma, "saved_model", path,
                         sigma_note="" if has_sigma else "the SavedModel has no sigma_sq output")
-    metadata = _export_metadata(loaded, path)
+    metadata = model.metadata = _export_metadata(loaded, path)
     if metadata and "preprocess_ops" in metadata:
         model.preprocessing = Preprocessing(metadata["preprocess_ops"], metadata.get("resize_method", "pil_bilinear"),
                                             bool(metadata.get("contrast_stretch", True)), "saved_model metadata")
@@ -212,11 +214,30 @@ def _load_keras(path: str, compute_dtype: str = "float32") -> LoadedModel:
     import probface_tf.models.probability_head  # noqa: F401
     import probface_tf.models.probface  # noqa: F401 - registers the package's layers for deserialisation
 
+    _check_keras_archive(path)
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # corrupt zip, foreign or unregistered layers
         raise ModelLoadError(f"--model {path}: cannot load the Keras model: {type(exc).__name__}: {exc}") from None
     return _wrap_keras(model, "keras", path, compute_dtype)
+
+
+def _check_keras_archive(path: str) -> None:
+    """A .keras file is a zip archive: one cut short (an interrupted copy or download) says so."""
+    if os.path.isdir(path):
+        raise ModelLoadError(f"--model {path}: a directory named .keras; expected a .keras file")
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"--model {path}: cannot load the Keras model: truncated or corrupt .keras file "
+                             f"({size} bytes, not a complete zip archive); copy or save the model again")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        bad = f"{type(exc).__name__}: {exc}"
+    if bad is not None:
+        raise ModelLoadError(f"--model {path}: cannot load the Keras model: corrupt .keras file ({size} bytes; "
+                             f"damaged member {bad})")
 
 
 # ------------------------------------------------------------------------------------------------ TF1 checkpoint

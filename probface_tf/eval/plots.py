@@ -13,11 +13,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from probface_tf.eval.report import atomic_open
+
 
 def _save(fig: Figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:  # a full disk leaves no truncated PNG behind
+        fig.savefig(f, dpi=100, format="png")
     return path
 
 

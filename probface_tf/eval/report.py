@@ -5,6 +5,7 @@ A dataset result is the plain dict built by ``probface_tf.eval.runner.evaluate_f
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -135,8 +136,23 @@ def _jsonable(value):
     return value
 
 
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """Write ``path`` through a temporary sibling renamed over it once complete: a full disk or a crash leaves
+    the previous file (or none), never a truncated one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_json(path: str, payload: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         json.dump(_jsonable(payload), f, indent=1)
 
 
@@ -193,11 +209,11 @@ def write_markdown(path: str, results: list[dict], method: str, figures: dict | 
     parts = ["# Verification results: %s" % method, "", summary_table(results, method), ""]
     for result in results:
         parts.append(dataset_markdown(result, (figures or {}).get(result["name"])))
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.write("\n".join(parts).rstrip() + "\n")
 
 
 def write_scores(path: str, arrays: dict) -> None:
     """``scores.npz``: per pair ``issame``, ``cosine``, ``fastmls`` or ``mls``, ``sigma_sq_1``, ``sigma_sq_2``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -60,15 +60,19 @@ def risk_controlled_table(scores: dict, issame, fused, risk_factors=RISK_FACTORS
     """10-fold accuracy of each score on the pairs kept at each risk factor (folds re-made on the subset).
 
     ``scores`` maps a name (e.g. 'cosine', 'fastmls') to per-pair scores. As the original, an empty subset
-    falls back to all pairs and ends the table.
+    falls back to all pairs and ends the table. ``fused`` is ``[P]`` or ``[P, D]``: with D columns (a D-dim
+    sigma_sq, the original's ``verification_risk``) the percentile is taken over all P x D values and a pair is
+    kept once per column under the threshold (``np.where(fused <= t)[0]`` repeats row indices), so ``kept``
+    counts values and the 10 folds run over the repeated pairs.
     """
     issame = np.asarray(issame, dtype=bool)
-    fused = np.asarray(fused).ravel()
+    fused = np.asarray(fused)
+    fused = fused.reshape(fused.shape[0], -1)
     rows = []
     for r in risk_factors:
         threshold = float(legacy_percentile(fused, (1 - r) * 100))
-        keep = np.flatnonzero(keep_mask(fused, threshold))
-        row = RiskRow(float(r), threshold, int(keep.size), int(fused.size))
+        keep = np.nonzero(keep_mask(fused, threshold))[0]
+        row = RiskRow(float(r), threshold, int(keep.size), int(fused.shape[0]))
         subset = keep if keep.size else slice(None)
         for name, s in scores.items():
             row.results[name] = ten_fold_accuracy(np.asarray(s)[subset], issame[subset])

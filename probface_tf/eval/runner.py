@@ -55,26 +55,40 @@ def _check_features(mu, sigma_sq, issame, name, gaussian: bool = True) -> tuple[
     return mu, sigma_sq, issame
 
 
+SIGMA_DIMS = ("full", "original")
+SIGMA_DIMS_NOTES = {
+    "full": "D-dim sigma_sq: D-dim MLS; risk table on the per-image harmonic mean 1/mean(1/sigma_sq)",
+    "original": "D-dim sigma_sq as the original: FastMLS on sigma_sq[:, 0]; risk table percentile over all "
+                "P x D fused values, pairs repeated once per kept value"}
+
+
 def evaluate_features(mu, sigma_sq, issame, name: str = "", fusion: str = "max",
-                      rejected_portions=risk.REJECTED_PORTIONS, fars=risk.FARS, gaussian: bool = True
-                      ) -> tuple[dict, dict]:
+                      rejected_portions=risk.REJECTED_PORTIONS, fars=risk.FARS, gaussian: bool = True,
+                      sigma_dims: str = "full") -> tuple[dict, dict]:
     """All metrics of one dataset. Returns (result dict for the writers, per-pair arrays for scores.npz).
 
     ``gaussian=False``: ``sigma_sq`` is another per-image uncertainty (larger = riskier; the baselines'
     1 - confidence, MC-dropout spread or 1/scale): no MLS scores, it only drives the risk and reject tables
-    (``result['sigma']`` is then 'uncertainty')."""
+    (``result['sigma']`` is then 'uncertainty'). ``sigma_dims`` (D-dim Gaussian sigma_sq only, see
+    ``SIGMA_DIMS_NOTES``): 'full' (ours) or 'original'; ``result['sigma_dims']`` says which was used."""
+    if sigma_dims not in SIGMA_DIMS:
+        raise EvaluationError(f"sigma_dims must be one of {list(SIGMA_DIMS)}, got {sigma_dims!r}")
     mu, sigma_sq, issame = _check_features(mu, sigma_sq, issame, name, gaussian)
-    scores = pair_score_arrays(mu, sigma_sq if gaussian else None)
-    kind = scoring.uncertainty_kind(sigma_sq)
+    original_ddim = (sigma_dims == "original" and gaussian and scoring.uncertainty_kind(sigma_sq) == "mls")
+    scores = pair_score_arrays(mu, (sigma_sq[:, :1] if original_ddim else sigma_sq) if gaussian else None)
+    kind = scoring.uncertainty_kind(sigma_sq[:, :1] if original_ddim else sigma_sq)
     kind = kind if gaussian or kind == "none" else "uncertainty"
     result = {"name": name, "pairs": int(issame.size), "images": int(mu.shape[0]), "sigma": kind,
               "embedding_size": int(mu.shape[1]),
               "verification": {k: ten_fold_accuracy(s, issame).to_dict() for k, s in scores.items()}}
+    if scoring.uncertainty_kind(sigma_sq) == "mls" and gaussian:
+        result["sigma_dims"] = {"mode": sigma_dims, "note": SIGMA_DIMS_NOTES[sigma_dims]}
     arrays = {"issame": issame, **{k: v for k, v in scores.items() if k != "attention_only"}}
     if kind == "none":
         return result, arrays
     u1, u2 = scoring.pair_rows(scoring.image_uncertainty(sigma_sq))
-    fused = scoring.fuse_uncertainty(u1, u2, fusion)
+    fused = (scoring.fuse_uncertainty(sigma_sq[0::2], sigma_sq[1::2], fusion) if original_ddim
+             else scoring.fuse_uncertainty(u1, u2, fusion))
     column = "sigma_sq" if gaussian else "uncertainty"
     arrays.update({column + "_1": sigma_sq[0::2], column + "_2": sigma_sq[1::2]})
     result.update(
@@ -134,7 +148,8 @@ def resolve_bins(bins=(), bin_dir: str | None = None, targets=KNOWN_TARGETS, ski
     return found
 
 
-def evaluate_bin_models(models, path: str, batch_size: int = 128, fusion: str = "max", progress=None) -> list:
+def evaluate_bin_models(models, path: str, batch_size: int = 128, fusion: str = "max", progress=None,
+                        sigma_dims: str = "full") -> list:
     """Read one .bin, decode it once for every model, evaluate each: per model (result dict, per-pair arrays,
     uncertainty or None). ``seconds``: ``extract`` (the dataset's whole extraction), ``forward`` (this model's
     forward passes), ``metrics``."""
@@ -147,23 +162,26 @@ def evaluate_bin_models(models, path: str, batch_size: int = 128, fusion: str = 
     out = []
     for model, (mu, sigma_sq, forward) in zip(models, extracted):
         start = time.perf_counter()
-        result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion, gaussian=model.gaussian)
+        result, arrays = evaluate_features(mu, sigma_sq, binset.issame, binset.name, fusion, gaussian=model.gaussian,
+                                           sigma_dims=sigma_dims)
         result["seconds"] = {"extract": extraction, "forward": forward, "metrics": time.perf_counter() - start}
         result["path"] = path
         out.append((result, arrays, sigma_sq))
     return out
 
 
-def evaluate_bin(model, path: str, batch_size: int = 128, fusion: str = "max", progress=None) -> tuple:
+def evaluate_bin(model, path: str, batch_size: int = 128, fusion: str = "max", progress=None,
+                 sigma_dims: str = "full") -> tuple:
     """Read, extract and evaluate one .bin: (result dict, per-pair arrays, sigma_sq or None)."""
-    return evaluate_bin_models([model], path, batch_size, fusion, progress)[0]
+    return evaluate_bin_models([model], path, batch_size, fusion, progress, sigma_dims)[0]
 
 
 def evaluate_bins(model, paths, out_dir: str | None = None, batch_size: int = 128, fusion: str = "max",
-                  save_scores: bool = False, plots: bool = True, echo=print) -> list[dict]:
+                  save_scores: bool = False, plots: bool = True, echo=print, sigma_dims: str = "full") -> list[dict]:
     """Evaluate every .bin, echo the original text block of each, and write results.json, results.md, the
     figures and (``save_scores``) ``<name>/scores.npz`` into ``out_dir``."""
-    evaluated = (evaluate_bin(model, path, batch_size, fusion) for path in paths)  # lazily: echo as each ends
+    # lazily: echo as each ends
+    evaluated = (evaluate_bin(model, path, batch_size, fusion, sigma_dims=sigma_dims) for path in paths)
     return report_results(model, evaluated, out_dir, fusion, save_scores, plots, echo)
 
 

@@ -1,10 +1,10 @@
-"""What training checks, in one place: the recipe's inputs before anything is built (:func:`preflight`), the
-runtime it sets up, and the finiteness of every step's losses and of every state before it is saved."""
+"""What training checks: the paths the recipe names before anything is built (:func:`check_inputs`; the deeper
+checks and the run lock are ``probface_tf.train.preflight``), the runtime it sets up, and the finiteness of every
+step's losses and of every state before it is saved."""
 from __future__ import annotations
 
 import math
 import os
-import sys
 
 import keras
 import tensorflow as tf
@@ -50,15 +50,6 @@ def check_inputs(cfg) -> list[str]:
     if problems:
         raise TrainingInputError("; ".join(problems))
     return warnings
-
-
-def preflight(cfg) -> list[str]:
-    """Every check of the recipe that runs before the model, the data or the run directory exist. Errors raise
-    (naming the key); warnings go to stderr now and are returned for the run's log."""
-    notes = check_inputs(cfg)
-    for note in notes:
-        print(note, file=sys.stderr, flush=True)
-    return notes
 
 
 def configure_runtime(cfg) -> None:

@@ -17,6 +17,7 @@ from probface_tf.data import sampler
 from probface_tf.data.dataset import dataset_from_config
 from probface_tf.export import export_saved_model
 from probface_tf.methods import HEAD_STAGE, get_method, model_from_config
+from probface_tf.methods.probface import discriminative_metric  # noqa: F401 - its former home
 from probface_tf.models.inference import fold_backbone
 from probface_tf.models.probface import backbone_of, head_of
 from probface_tf.train.checkpoints import save_keras

@@ -1,7 +1,8 @@
 """The one training loop: every stage and every method runs through :class:`Trainer`, fed by a
 :class:`TrainingTask` (the stage's model, step function, state to checkpoint and per-epoch evaluation).
 
-One run: strategy -> :func:`preflight` (the recipe's inputs) -> runtime -> ``task.build()`` (model, initial
+One run: strategy -> the recipe's inputs checked and a continued run locked (``check_inputs``, ``preflight``:
+the one place for checks before any work) -> runtime -> ``task.build()`` (model, initial
 weights) -> checkpoint restore (``--resume``) -> ``task.batches()`` (data, feature cache) -> run directory ->
 log -> the step loop -> the last state saved. Everything that can fail on the user's input runs before the run
 directory is created, so a failed start leaves nothing behind.
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from probface_tf.train.checkpoints import Checkpoints
-from probface_tf.train.checks import NonFiniteLossError, configure_runtime, non_finite_variables, preflight
+from probface_tf.train.checks import NonFiniteLossError, check_inputs, configure_runtime, non_finite_variables
 from probface_tf.train.distribute import is_chief, strategy_from_config, worker_scratch_dir
 from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_run_dir, latest_run_dir, progress
+from probface_tf.train.preflight import preflight
+from probface_tf.train.run_lock import unlock_run
+from probface_tf.train.run_record import record_resume
 from probface_tf.train.schedule import learning_rate_at
 
 
@@ -86,7 +91,10 @@ class Trainer:
         """Everything before the first step; returns (task, checkpoints, batches, global_step, notes)."""
         cfg = self.cfg
         strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
-        notes = preflight(cfg)
+        notes = check_inputs(cfg)
+        for note in notes:
+            print(note, file=sys.stderr, flush=True)
+        self.locked = preflight(cfg, self.run_dir, self.resume)  # every input checked, a continued run locked
         if self.resume:
             self.run_dir, note = resume_target(cfg, self.run_dir)
             notes.append(note)
@@ -98,6 +106,9 @@ class Trainer:
             global_step, latest = checkpoints.restore_latest(self.run_dir)
             notes.append(f"resumed from checkpoint {latest} at step {global_step}" if latest
                          else f"no checkpoint in {self.run_dir}: starting at step 0")
+            if is_chief(strategy):
+                notes += [f"resume changes {k}: {old!r} -> {new!r}" for k, (old, new) in
+                          record_resume(self.run_dir, cfg, global_step).items()]
         batches = task.batches(global_step) if task.trains else None
         self.chief = is_chief(strategy)
         if not self.chief:  # other workers of a cluster write nothing shared: their files go to a private folder
@@ -157,6 +168,7 @@ class Trainer:
                 bar.close()
             if not self.chief:
                 shutil.rmtree(run_dir, ignore_errors=True)
+        unlock_run(self.locked)
         return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": task.model}
 
     def _schedule(self, task, checkpoints, log, global_step: int, stop: int) -> None:

@@ -4,17 +4,45 @@ tf-slim does not run on current TensorFlow, so the original ``slim.conv2d`` / ``
 ``slim.batch_norm`` calls are expressed with ``variable_scope`` + ``get_variable`` + ``tf.nn`` ops and
 ``fused_batch_norm``, creating the same variables under the same names. The graph serves as an independent
 reference: parity tests of the Keras model and losses, real TF1 checkpoints for the converter, and the
-baseline of the speed benchmarks. It is not used by training or inference.
+baseline of the speed benchmarks. It is not used by training or inference, and imports nothing from the
+model code it checks: its architecture table below is written from the original's model files (ORIGINAL_SPEC
+section 2), not shared with ``probface_tf.models``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from probface_tf.models.resface import BackboneSpec, backbone_spec
-
 v1 = tf.compat.v1
 BN_DECAY, BN_EPS = 0.995, 1e-3
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Widths and depths of the four ResFace stages; ``fusion`` appends every stage's global average."""
+    filters: tuple = (64, 128, 256, 512)
+    blocks: tuple = (3, 8, 16, 3)
+    fusion: bool = False
+
+
+# The original's models/*.py backbones by file name (resface64s2_relu_v3 is missing from its repository).
+ARCHITECTURES = {
+    "resface64_relu": Architecture(),
+    "resface64_relu_m": Architecture(fusion=True),
+    "resface64s2_relu": Architecture(filters=(32, 64, 128, 256)),
+    "resface64s2_relu_m": Architecture(filters=(32, 64, 128, 256), fusion=True),
+}
+
+
+def architecture(spec) -> Architecture:
+    """A name from ``ARCHITECTURES`` or any object with ``filters``, ``blocks`` and ``fusion``."""
+    if isinstance(spec, str):
+        if spec not in ARCHITECTURES:
+            raise ValueError(f"unknown reference architecture {spec!r}; known: {sorted(ARCHITECTURES)}")
+        return ARCHITECTURES[spec]
+    return Architecture(tuple(spec.filters), tuple(spec.blocks), bool(spec.fusion))
 
 
 def _batch_norm(x, training, center=True, scale=True):
@@ -67,7 +95,7 @@ def _fc(x, size, scope, training, activation=None, weight_decay=0.0, center=True
         return activation(y) if activation else y
 
 
-def resface_graph(images, spec: BackboneSpec, embedding_size=256):
+def resface_graph(images, spec: Architecture, embedding_size=256):
     """Original ``inference``: returns (mu, conv_final, end_points); BN always uses moving statistics."""
     trunc = v1.truncated_normal_initializer(stddev=0.01)
     end_points = {}
@@ -161,13 +189,13 @@ def mls_losses(labels, mu, sigma_sq, output_size, margin=3.0):
 class TF1ProbFace:
     """The original graph in a private ``tf.Graph`` + ``Session``: inference, one training step, checkpoints."""
 
-    def __init__(self, spec: BackboneSpec | str = "resface64_relu", image_size=(96, 96), embedding_size=256,
+    def __init__(self, spec: Architecture | str = "resface64_relu", image_size=(96, 96), embedding_size=256,
                  output_size=1, weight_decay=5e-4, loss_weights=None, output_constraint="L2", with_head=True,
                  with_train_op=False, batch_size=None, features_input=False, head_input="conv_final", seed=0):
         """``head_input``: the end point feeding the head (``conv_final`` or ``Conv1``..``Conv4``, as the
         original ``uncertainty_module_input``). ``seed``: graph seed of the variable initializers, so the
         reference weights (and the parity margins measured on them) are the same in every run."""
-        self.spec = backbone_spec(spec) if isinstance(spec, str) else spec
+        self.spec = architecture(spec)
         self.output_size = output_size
         self.graph = tf.Graph()
         with self.graph.as_default():
