@@ -95,7 +95,11 @@ def _numpy_w(steps: int) -> float:
 
 
 def _cfg(tmp_path):
-    return from_dict({"name": "quadratic", "log_base_dir": str(tmp_path / "log"), "train_dataset_path": str(tmp_path),
+    folder = tmp_path / "train" / "id0"  # the run's preflight opens the training set: one image is enough
+    folder.mkdir(parents=True)
+    (folder / "a.png").write_bytes(tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy())
+    return from_dict({"name": "quadratic", "log_base_dir": str(tmp_path / "log"),
+                      "train_dataset_path": str(tmp_path / "train"),
                       "num_epochs": 3, "epoch_size": 3, "checkpoint_interval": 2, "summary_interval": 1,
                       "learning_rate_schedule": LR, "test_data_dir_mx": None, "deterministic": False})
 
