@@ -19,6 +19,9 @@ import numpy as np
 
 from probface_tf.config import from_dict
 from probface_tf.data.ensure import ensure_synthetic
+from probface_tf.eval.model_loader import load_model
+from probface_tf.eval.runner import evaluate_bins
+from probface_tf.train import backbone, loop
 from probface_tf.train.logs import create_run_dir
 
 STAGE_KEYS = ("stage", "name", "backbone_config", "head_config")
@@ -125,9 +128,6 @@ def plot_sigma_vs_severity(sigma_sq, severity, path: str) -> str:
 
 def evaluate_demo(export_base: str, bin_path: str, severity_path: str, out_dir: str, cfg) -> dict:
     """Evaluate the exported SavedModel on the held-out .bin exactly as ``evaluate.py --save-scores`` would."""
-    from probface_tf.eval.model_loader import load_model
-    from probface_tf.eval.runner import evaluate_bins
-
     model = load_model(export_base, config=cfg)
     result = evaluate_bins(model, [bin_path], out_dir=out_dir, batch_size=cfg.eval_batch_size, save_scores=True)[0]
     with np.load(os.path.join(out_dir, result["name"], "scores.npz")) as npz:
@@ -143,8 +143,6 @@ def evaluate_demo(export_base: str, bin_path: str, severity_path: str, out_dir: 
 
 def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: str | None = None,
           max_steps: int | None = None) -> dict:
-    from probface_tf.train import backbone, loop
-
     start = time.time()
     manifest = ensure_synthetic(cfg)
     if manifest is None:

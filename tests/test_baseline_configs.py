@@ -134,8 +134,9 @@ def test_mark_latest_replaces_the_pointer_atomically(tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in DEMO_BASED if n != "scaleface_demo"])
 def test_demo_baseline_models_build(name, demo_cwd):
-    from probface_tf.baselines.heads import MCDropoutHead, ProbabilityHead
-    from probface_tf.models.probface import from_config
+    from probface_tf.methods import model_from_config as from_config
+    from probface_tf.methods.mc_dropout import MCDropoutHead
+    from probface_tf.models.probability_head import ProbabilityHead
 
     cfg = load(name)
     head = from_config(cfg).get_layer("UncertaintyModule")
@@ -159,7 +160,7 @@ ORIGINAL_RECIPES = {
 
 @pytest.mark.parametrize("name", sorted(ORIGINAL_RECIPES))
 def test_original_recipes_build_on_their_own_base_model(name):
-    from probface_tf.models.probface import from_config
+    from probface_tf.methods import model_from_config as from_config
 
     cfg = load(name)
     width, base_model = ORIGINAL_RECIPES[name]

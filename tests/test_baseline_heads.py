@@ -3,8 +3,9 @@ import keras
 import numpy as np
 import pytest
 
-from probface_tf.baselines.heads import BaselineHeadError, MCDropoutHead, ProbabilityHead
-from probface_tf.baselines.models import build_baseline, copy_bottleneck
+from probface_tf.methods import MethodError, build_model as build_baseline
+from probface_tf.methods.mc_dropout import MCDropoutHead, copy_bottleneck
+from probface_tf.models.probability_head import BaselineHeadError, ProbabilityHead
 from probface_tf.models.heads import ScaleHead
 from probface_tf.models.resface import build_resface
 
@@ -192,7 +193,7 @@ def test_baseline_model_saves_and_loads(head_type, rng, tmp_path):
 
 
 def test_scaleface_run_becomes_an_uncertainty_model(rng, tmp_path):
-    from probface_tf.baselines.scaleface import scaleface_model
+    from probface_tf.methods.scaleface import scaleface_model
 
     backbone = build_resface("resface64_relu", TINY["image_size"], 8)
     features = keras.Input(backbone.output["conv_final"].shape[1:])
@@ -211,7 +212,7 @@ def test_scaleface_run_becomes_an_uncertainty_model(rng, tmp_path):
 def test_scaleface_scale_head_on_mu_and_underflowing_scales(rng, tmp_path):
     """A scale head reading mu (as the ScaleFace demo recipe configures it) is found through the run's
     config.py; a scale that underflows to 0 gives a large finite uncertainty, never inf."""
-    from probface_tf.baselines.scaleface import scaleface_model
+    from probface_tf.methods.scaleface import scaleface_model
     from probface_tf.models.heads import SCALE_FLOOR, uncertainty_from_scale
 
     backbone = build_resface("resface64_relu", TINY["image_size"], 8)
@@ -232,7 +233,6 @@ def test_scaleface_scale_head_on_mu_and_underflowing_scales(rng, tmp_path):
     (lambda: MCDropoutHead(8, rate=1.0), "rate must be in [0, 1)"),
     (lambda: MCDropoutHead(8, samples=1), "samples must be >= 2"),
     (lambda: ProbabilityHead(fc1_size=0), "fc1_size must be >= 1"),
-    (lambda: build_baseline("probface", **TINY), "head_type must be one of"),
     (lambda: build_baseline("pcnet", head_input="Conv9", **TINY), "'Conv9' is not a backbone end point"),
     (lambda: MCDropoutHead(8, flat_size=99).build((None, 12)), "flat_size 99 exceeds the feature width 12"),
     (lambda: ProbabilityHead().build((None, None)), "fully known feature dimensions"),
@@ -240,3 +240,11 @@ def test_scaleface_scale_head_on_mu_and_underflowing_scales(rng, tmp_path):
 def test_bad_options_are_clear_errors(make, needle):
     with pytest.raises(BaselineHeadError, match=__import__("re").escape(needle)):
         make()
+
+
+def test_unknown_method_names_the_registered_ones():
+    with pytest.raises(MethodError, match=r"head_type must be one of \['idq', 'mc_dropout', 'pcnet', 'probface'\], "
+                                          r"got 'sphereface'"):
+        build_baseline("sphereface", **TINY)
+    with pytest.raises(MethodError, match="head_type must be one of .* got 'arcface'"):  # a stage-1 margin head
+        build_baseline("arcface", **TINY)

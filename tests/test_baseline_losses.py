@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from probface_tf.baselines.losses import IDQ_EPSILON, idq_loss, mc_dropout_uncertainty, pc_loss
+from probface_tf.methods.idq import IDQ_EPSILON, idq_loss
+from probface_tf.methods.mc_dropout import mc_dropout_uncertainty
+from probface_tf.methods.pcnet import pc_loss
 from probface_tf.losses import LossInputError
 
 LABELS = np.array([0, 1, 0, 2, 1, 0, 2, 3])

@@ -65,7 +65,8 @@ def _scaleface_run(folder):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from probface_tf.baselines.models import build_baseline, copy_bottleneck
+    from probface_tf.methods import build_model as build_baseline
+    from probface_tf.methods.mc_dropout import copy_bottleneck
 
     root = tmp_path_factory.mktemp("compare")
     rng = np.random.default_rng(0)

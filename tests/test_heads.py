@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from probface_tf.methods import BACKBONE_STAGE, MethodError, get_method, method_names
 from probface_tf.models import heads
 from probface_tf.models.heads import ArcFace, CosFace, HeadInputError, ScaleFace, ScaleHead
 
@@ -213,13 +214,23 @@ def test_scale_head_config_round_trip(rng):
     np.testing.assert_allclose(clone(x).numpy(), before, rtol=1e-6)
 
 
-def test_build_margin_head_from_config_names():
-    assert isinstance(heads.build_margin_head("arcface", 3, 64.0, 0.5), ArcFace)
-    soft = heads.build_margin_head("softmax", 3, 16.0, 0.5)
+def _margin_head(name, num_classes, s=64.0, m=0.5):
+    return get_method(name, BACKBONE_STAGE).build_head(num_classes, s, m)
+
+
+def test_margin_heads_are_registered_by_their_config_names():
+    assert method_names(BACKBONE_STAGE) == ["arcface", "cosface", "scaleface", "softmax"]
+    arc = _margin_head("arcface", 3, 64.0, 0.5)
+    assert isinstance(arc, ArcFace) and (arc.s, arc.m) == (64.0, 0.5)
+    cos = _margin_head("cosface", 3, 30.0, 0.35)
+    assert isinstance(cos, CosFace) and (cos.s, cos.m) == (30.0, 0.35)
+    soft = _margin_head("softmax", 3, 16.0, 0.5)
     assert isinstance(soft, CosFace) and soft.m == 0.0 and soft.s == 16.0
-    assert isinstance(heads.build_margin_head("scaleface", 3), ScaleFace)
-    with pytest.raises(HeadInputError, match="margin_loss.*'sphereface'"):
-        heads.build_margin_head("sphereface", 3)
+    assert isinstance(_margin_head("scaleface", 3), ScaleFace) and get_method("scaleface").scale_head
+    with pytest.raises(MethodError, match=r"margin_loss must be one of \[.*\], got 'sphereface'"):
+        _margin_head("sphereface", 3)
+    with pytest.raises(MethodError, match="margin_loss must be one of .* got 'probface'"):  # an uncertainty head
+        _margin_head("probface", 3)
 
 
 @pytest.mark.parametrize("call, fragment", [

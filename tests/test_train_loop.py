@@ -15,7 +15,8 @@ from probface_tf.models.probface import backbone_of, build_probface, head_of
 from probface_tf.models.resface import BackboneSpec, build_resface, tf1_variable_map
 from tf1_reference import TF1ProbFace
 from probface_tf.train.logs import format_line, latest_run_dir
-from probface_tf.train.loop import HeadTrainer, TrainingInputError, check_inputs, train
+from probface_tf.train.checks import TrainingInputError, check_inputs
+from probface_tf.train.loop import HeadTrainer, train
 from probface_tf.train.restore import restore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,1 +1,1 @@
-"""Uncertainty baselines of face-uncertainty-pytorch: PCNet, IDQ and MC dropout."""
+"""Former home of the baselines, which are methods now (``probface_tf.methods``)."""

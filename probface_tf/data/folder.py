@@ -11,7 +11,7 @@ import os
 
 from absl import logging
 
-from probface_tf.data.dataset import FaceDataset, check_max_identities
+from probface_tf.data.face_dataset import FaceDataset, check_max_identities
 from probface_tf.data.errors import DatasetFormatError, UnreadableImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

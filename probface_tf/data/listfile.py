@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from probface_tf.data.dataset import FaceDataset, check_max_identities
+from probface_tf.data.face_dataset import FaceDataset, check_max_identities
 from probface_tf.data.errors import DatasetFormatError, UnreadableImageError
 
 

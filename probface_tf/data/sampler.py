@@ -103,7 +103,7 @@ class BalancedBatchPlanner:
         return indices, np.repeat(classes, k)
 
 
-class _Loader:
+class ImageLoader:
     """Reads and decodes image ``index``; an unreadable one is replaced by the next image of its identity."""
 
     def __init__(self, data: FaceDataset, stats: DecodeStats, strict: bool, channels: int):
@@ -155,7 +155,7 @@ def make_train_dataset(data: FaceDataset, cfg, start_step: int = 0, num_steps: i
     stats.epoch_size = stats.epoch_size or cfg["epoch_size"]
     strict = bool(cfg["strict_data"] or data.strict)
     channels, double = int(cfg["channels"]), bool(cfg["double_batch"])
-    loader = _Loader(data, stats, strict, channels)
+    loader = ImageLoader(data, stats, strict, channels)
     seed = int(cfg["base_random_seed"])
     prep = dict(contrast_stretch=cfg["eval_contrast_stretch"], resize_method=cfg["resize_method"])
 

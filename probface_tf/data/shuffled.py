@@ -19,7 +19,7 @@ from probface_tf.data.dataset import FaceDataset
 from probface_tf.data.errors import DatasetFormatError
 from probface_tf.data.preprocess import parse_ops, preprocess_batch
 # The sampler's loader already implements "replace an unreadable image by the next one of its identity".
-from probface_tf.data.sampler import DecodeStats, _Loader
+from probface_tf.data.sampler import DecodeStats, ImageLoader
 
 _UNBOUNDED = 2 ** 62
 
@@ -63,7 +63,7 @@ def make_shuffled_dataset(data: FaceDataset, cfg, start_step: int = 0, num_steps
     parse_ops(ops)  # a bad op list is reported now, not from inside tf.data
     order = ShuffledOrder(len(data), size, cfg["base_random_seed"])
     stats = stats or DecodeStats(cfg["epoch_size"])
-    loader = _Loader(data, stats, bool(cfg["strict_data"] or data.strict), int(cfg["channels"]))
+    loader = ImageLoader(data, stats, bool(cfg["strict_data"] or data.strict), int(cfg["channels"]))
     channels, seed = int(cfg["channels"]), int(cfg["base_random_seed"])
     labels_table = tf.constant(data.labels.astype(np.int32))
     prep = dict(contrast_stretch=cfg["eval_contrast_stretch"], resize_method=cfg["resize_method"])

@@ -209,8 +209,9 @@ def _folded_if_probface(model, compute_dtype: str = "float32"):
 def _load_keras(path: str, compute_dtype: str = "float32") -> LoadedModel:
     import keras
 
-    import probface_tf.baselines.heads  # noqa: F401 - registers the baseline heads too
-    import probface_tf.baselines.scaleface  # noqa: F401 - and the ScaleFace layers (ScaleHead, InverseScale)
+    import probface_tf.methods.mc_dropout  # noqa: F401 - registers the baseline heads too
+    import probface_tf.methods.scaleface  # noqa: F401 - and the ScaleFace layers (ScaleHead, InverseScale)
+    import probface_tf.models.probability_head  # noqa: F401
     import probface_tf.models.probface  # noqa: F401 - registers the package's layers for deserialisation
 
     _check_keras_archive(path)
@@ -256,7 +257,7 @@ def _load_tf1(path: str, cfg, compute_dtype: str = "float32") -> LoadedModel:
 
 
 def _is_scaleface_run(path: str) -> bool:
-    from probface_tf.baselines.scaleface import is_scaleface_run
+    from probface_tf.methods.scaleface import is_scaleface_run
 
     return is_scaleface_run(path)
 
@@ -304,7 +305,7 @@ def load_model(path: str, config=None, compute_dtype: str = "float32") -> Loaded
     elif path.endswith(".keras"):
         model = _load_keras(path, compute_dtype)
     elif _is_scaleface_run(path):
-        from probface_tf.baselines.scaleface import scaleface_model
+        from probface_tf.methods.scaleface import scaleface_model
 
         model = _wrap_keras(scaleface_model(path), "scaleface", path, compute_dtype)
     elif _looks_like_checkpoint(path):

@@ -20,11 +20,12 @@ import math
 import keras
 import tensorflow as tf
 
-from probface_tf.models.layers import PACKAGE
+from probface_tf.models.layers import PACKAGE, flat_size
 
+BACKBONE_FILE = "backbone.keras"  # a stage-1 run directory: the backbone alone
+SCALE_HEAD_FILE = "scale_head.keras"  # and, for ScaleFace, the scale head (features -> scale)
 SINE_EPSILON = 1e-12  # floor of 1 - cos^2 under the sqrt: keeps the gradient finite at cos = +-1
 DISTANCE_EPSILON = 1e-12  # floor of squared centre distances under the sqrt (finite gradient for equal centres)
-MARGIN_LOSSES = ("arcface", "cosface", "scaleface", "softmax")
 SCALE_ACTIVATIONS = ("sigm_mul", "exp", "softplus")
 
 
@@ -194,11 +195,7 @@ class ScaleHead(keras.layers.Layer):
         self.out = keras.layers.Dense(1, use_bias=False, kernel_initializer=init, name="fc_scale", dtype="float32")
 
     def build(self, features_shape):
-        flat = 1
-        for d in features_shape[1:]:
-            if d is None:
-                raise HeadInputError(f"ScaleHead needs fully known feature dimensions, got {tuple(features_shape)}")
-            flat *= int(d)
+        flat = flat_size(features_shape, "ScaleHead", HeadInputError)
         width = flat
         if self.hidden is not None:
             self.hidden.build((None, flat))
@@ -223,19 +220,6 @@ class ScaleHead(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden_units": self.hidden_units, "activation": self.activation,
                 "coefficient": self.coefficient, "batch_norm": self.batch_norm}
-
-
-def build_margin_head(margin_loss: str, num_classes: int, s: float = 64.0, m: float = 0.5) -> _CosineClassifier:
-    """The head named by the config key ``margin_loss`` ('softmax' = normalised softmax, CosFace with m = 0)."""
-    if margin_loss == "arcface":
-        return ArcFace(num_classes, s=s, m=m)
-    if margin_loss == "cosface":
-        return CosFace(num_classes, s=s, m=m)
-    if margin_loss == "scaleface":
-        return ScaleFace(num_classes, m=m)
-    if margin_loss == "softmax":
-        return CosFace(num_classes, s=s, m=0.0)
-    raise HeadInputError(f"margin_loss must be one of {list(MARGIN_LOSSES)}, got {margin_loss!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

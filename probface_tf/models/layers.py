@@ -7,6 +7,17 @@ import tensorflow as tf
 PACKAGE = "probface_tf"
 
 
+def flat_size(features_shape, layer: str, error=ValueError) -> int:
+    """Width of the flattened features of a layer's input shape; ``error`` names ``layer`` when a dimension is
+    unknown."""
+    size = 1
+    for d in features_shape[1:]:
+        if d is None:
+            raise error(f"{layer} needs fully known feature dimensions, got {tuple(features_shape)}")
+        size *= int(d)
+    return size
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class L2Normalize(keras.layers.Layer):
     """x / sqrt(max(sum(x^2), 1e-12)) along the last axis, as ``tf.nn.l2_normalize``."""

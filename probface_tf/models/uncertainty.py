@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from probface_tf.models.layers import PACKAGE, ScaleAndShift, SlimBatchNorm
+from probface_tf.models.layers import PACKAGE, ScaleAndShift, SlimBatchNorm, flat_size
 
 SCOPE = "UncertaintyModule"
 SIGMA_SQ_EPSILON = 1e-6
@@ -47,11 +47,7 @@ class UncertaintyModule(keras.layers.Layer):
                                              dtype="float32")
 
     def build(self, input_shape):
-        flat = 1
-        for d in input_shape[1:]:
-            if d is None:
-                raise ValueError(f"UncertaintyModule needs a fully known feature shape, got {tuple(input_shape)}")
-            flat *= int(d)
+        flat = flat_size(input_shape, "UncertaintyModule")
         self.fc1.build((None, flat))
         self.fc1_bn.build((None, self.fc1_size))
         self.fc_log_sigma_sq.build((None, self.fc1_size))

@@ -16,35 +16,37 @@ Watch list (the original log line, sorted keys): ``loss`` (total), ``softmax``, 
 whose nearest centre is its own class), ``lr``, ``regu`` and ``uniform`` (unweighted) when weighted, and for
 ScaleFace ``scale_mean`` / ``scale_min`` / ``scale_max``.
 
-The run directory gets ``backbone.keras`` (the backbone alone: ``restore_model`` for head training), for
-ScaleFace ``scale_head.keras`` (features of ``uncertainty_module_input`` -> scale, whose inverse is the
-uncertainty), ``checkpoints/`` (backbone, centres, scale head, optimizer and step; resumable: the data order is
-a pure function of the step), ``training-log.txt`` and ``tensorboard/``. After each epoch the backbone's cosine
-10-fold accuracy on the configured ``.bin`` files is logged (with ScaleFace also the risk table of 1/scale).
+:class:`BackboneTask` runs it under the one training loop (``probface_tf.train.trainer``); the margin head is
+the method ``margin_loss`` names in ``probface_tf.methods``. The run directory gets ``backbone.keras`` (the
+backbone alone: ``restore_model`` for head training), for ScaleFace ``scale_head.keras`` (features of
+``uncertainty_module_input`` -> scale, whose inverse is the uncertainty), ``checkpoints/`` (backbone, centres,
+scale head, optimizer and step; resumable: the data order is a pure function of the step),
+``training-log.txt`` and ``tensorboard/``. After each epoch the backbone's cosine 10-fold accuracy on the
+configured ``.bin`` files is logged (with ScaleFace also the risk table of the method's uncertainty read-out).
 """
 from __future__ import annotations
 
-import math
 import os
 
 import keras
 import tensorflow as tf
 
-from probface_tf.models.heads import ScaleHead, build_margin_head, softmax_cross_entropy, uncertainty_from_scale, \
+from probface_tf.data.dataset import dataset_from_config
+from probface_tf.data.sampler import DecodeStats, iterate_batches
+from probface_tf.data.shuffled import make_shuffled_dataset
+from probface_tf.methods import BACKBONE_STAGE, get_method
+from probface_tf.models.heads import BACKBONE_FILE, SCALE_HEAD_FILE, ScaleHead, softmax_cross_entropy, \
     uniform_loss
+from probface_tf.models.probface import build_probface
 from probface_tf.models.resface import backbone_spec, build_resface
-from probface_tf.train.distribute import distribute_batch, first_replica, gather, is_chief, replica_sum, run, \
-    strategy_from_config, worker_scratch_dir
-from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_run_dir, interactive, latest_run_dir
-from probface_tf.train.loop import NonFiniteLossError, configure_runtime
+from probface_tf.train.checkpoints import save_keras
+from probface_tf.train.checks import finite_values
+from probface_tf.train.distribute import distribute_batch, first_replica, gather, replica_sum, run
+from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
 from probface_tf.train.optimizer import make_optimizer
-from probface_tf.train.preflight import preflight
-from probface_tf.train.run_lock import unlock_run
-from probface_tf.train.run_record import record_resume
+from probface_tf.train.restore import restore
 from probface_tf.train.schedule import learning_rate_at
-
-BACKBONE_FILE = "backbone.keras"
-SCALE_HEAD_FILE = "scale_head.keras"
+from probface_tf.train.trainer import Trainer, TrainingTask
 
 
 class BackboneConfigError(ValueError):
@@ -70,9 +72,10 @@ class BackboneTrainer:
         self.replicas = int(self.strategy.num_replicas_in_sync)
         with self.strategy.scope():
             self.backbone = build_backbone(cfg)
-            self.head = build_margin_head(cfg.margin_loss, num_classes, float(cfg.margin_s), float(cfg.margin_m))
+            self.method = get_method(cfg.margin_loss, BACKBONE_STAGE)
+            self.head = self.method.build_head(num_classes, float(cfg.margin_s), float(cfg.margin_m))
             self.head.build((None, cfg.embedding_size))
-            self.scale_head = self._build_scale_head() if cfg.margin_loss == "scaleface" else None
+            self.scale_head = self._build_scale_head() if self.method.scale_head else None
             extra = [self.scale_head] if self.scale_head is not None else []
             self.variables = (self.backbone.trainable_variables + self.head.trainable_variables
                               + [v for layer in extra for v in layer.trainable_variables])
@@ -80,11 +83,11 @@ class BackboneTrainer:
             self.decayed = _kernels(self.backbone.layers + [layer for layer in scale_layers if layer is not None])
             self.optimizer = make_optimizer(cfg, learning_rate)
             self.optimizer.build(self.variables)
-        self._set_batch_norm_sync(self.replicas > 1 and cfg.sync_batch_norm)
+        self.set_batch_norm_sync(self.replicas > 1 and cfg.sync_batch_norm)
         self._gradients = tf.function(lambda x, y: run(self.strategy, self._compute, (x, y)), reduce_retracing=True)
         self._apply = tf.function(lambda g: run(self.strategy, self._apply_gradients, (g,)), reduce_retracing=True)
 
-    def _set_batch_norm_sync(self, synchronized: bool) -> None:
+    def set_batch_norm_sync(self, synchronized: bool) -> None:
         """Batch statistics of the global batch across replicas (only ever on with several replicas: on one
         device Keras' synchronised form would change the single-device numbers)."""
         owners = [self.backbone] + ([self.scale_head] if self.scale_head is not None else [])
@@ -159,14 +162,14 @@ class BackboneTrainer:
         if self.replicas > 1:
             inputs = distribute_batch(self.strategy, inputs)
         watch, grads = self._gradients(*inputs)
-        values = {k: float(v) for k, v in first_replica(self.strategy, watch).items()}
-        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
-        if bad:
-            raise NonFiniteLossError(f"non-finite loss at global step {global_step}: "
-                                     + ", ".join(f"{k}={values[k]}" for k in bad)
-                                     + "; training stopped, no checkpoint written for this state")
+        values = finite_values(first_replica(self.strategy, watch), global_step)
         self._apply(grads)
         return values
+
+    def state_variables(self) -> list:
+        """What is saved and must be finite: backbone, centres, scale head and optimizer variables."""
+        owners = [self.backbone, self.head] + ([self.scale_head] if self.scale_head is not None else [])
+        return [v for owner in owners for v in owner.weights] + list(self.optimizer.variables)
 
     def scale_model(self) -> keras.Model:
         """The scale head alone as a model: features of ``uncertainty_module_input`` -> scale [N, 1]."""
@@ -175,48 +178,17 @@ class BackboneTrainer:
         return keras.Model(features, self.scale_head(features), name="ScaleFaceScale")
 
 
-class Checkpoints:
-    """Backbone, centres, scale head, optimizer and step under ``<run>/checkpoints``."""
-
-    def __init__(self, run_dir: str, trainer: BackboneTrainer, keep: int):
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        parts = dict(backbone=trainer.backbone, head=trainer.head, optimizer=trainer.optimizer, step=self.step)
-        if trainer.scale_head is not None:
-            parts["scale_head"] = trainer.scale_head
-        self.ckpt = tf.train.Checkpoint(**parts)
-        self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=keep)
-
-    def restore_latest(self, run_dir: str | None = None) -> int:
-        """Restore the newest checkpoint of this run, or of ``run_dir`` (a cluster worker reads the chief's)."""
-        latest = (tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) if run_dir
-                  else self.manager.latest_checkpoint)
-        if latest:
-            self.ckpt.restore(latest).assert_existing_objects_matched()
-        return int(self.step.numpy())
-
-    def save(self, global_step: int) -> str:
-        self.step.assign(global_step)
-        return self.manager.save(checkpoint_number=global_step)
-
-
-def _save_keras(model: keras.Model, path: str) -> str:
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)  # never a half-written file under the final name
-    return path
-
-
 def save_models(trainer: BackboneTrainer, run_dir: str) -> list[str]:
     """``backbone.keras`` and, for ScaleFace, ``scale_head.keras``. Saved with batch norm unsynchronised: the
     synchronisation belongs to this run's strategy, not to the model."""
     synchronized = trainer.replicas > 1 and trainer.cfg.sync_batch_norm
-    trainer._set_batch_norm_sync(False)
+    trainer.set_batch_norm_sync(False)
     try:
-        paths = [_save_keras(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
+        paths = [save_keras(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
         if trainer.scale_head is not None:
-            paths.append(_save_keras(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
+            paths.append(save_keras(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
     finally:
-        trainer._set_batch_norm_sync(synchronized)
+        trainer.set_batch_norm_sync(synchronized)
     return paths
 
 
@@ -231,9 +203,6 @@ def _num_classes(cfg, data) -> int:
 
 def _restore_initial_weights(trainer: BackboneTrainer, cfg) -> str:
     """Start from ``restore_model`` (fine-tuning): any source ``probface_tf.train.restore`` accepts."""
-    from probface_tf.models.probface import build_probface
-    from probface_tf.train.restore import restore
-
     holder = build_probface(backbone=trainer.backbone, freeze_backbone=False,
                             uncertainty_module_input=cfg.uncertainty_module_input)
     exclude = list(cfg.exclude_restore_scopes or []) + ["UncertaintyModule"]
@@ -242,105 +211,75 @@ def _restore_initial_weights(trainer: BackboneTrainer, cfg) -> str:
     return message
 
 
-def _open_data(cfg):
-    from probface_tf.data.dataset import dataset_from_config
-    from probface_tf.data.ensure import ensure_synthetic
+class BackboneTask(TrainingTask):
+    """Stage 1 for the :class:`~probface_tf.train.trainer.Trainer`: backbone + margin head, batch norm in
+    training mode (so each step checks its losses before its update and saves right after it)."""
 
-    ensure_synthetic(cfg)
-    return dataset_from_config(cfg)
+    verify_before_save = False
+
+    def build(self) -> list[str]:
+        cfg, notes = self.cfg, []
+        self.data = dataset_from_config(cfg)
+        self.num_classes = _num_classes(cfg, self.data)
+        self.trainer = BackboneTrainer(cfg, self.num_classes, learning_rate_at(0, cfg.learning_rate_schedule),
+                                       self.strategy)
+        self.model = self.trainer.backbone
+        if self.trainer.replicas > 1:
+            notes.append(f"distribute_strategy {cfg.distribute_strategy!r}: {self.trainer.replicas} replicas, "
+                         f"batch norm {'synchronised' if cfg.sync_batch_norm else 'per replica'}")
+        if cfg.restore_model:
+            notes.append(_restore_initial_weights(self.trainer, cfg))
+        return notes
+
+    def describe(self) -> list[str]:
+        return [f"backbone: {len(self.data)} images of {self.data.num_classes} identities, {self.cfg.margin_loss} "
+                f"head over {self.num_classes} classes"]
+
+    def checkpoint_parts(self) -> dict:
+        t = self.trainer
+        parts = dict(backbone=t.backbone, head=t.head, optimizer=t.optimizer)
+        if t.scale_head is not None:
+            parts["scale_head"] = t.scale_head
+        return parts
+
+    def batches(self, start_step: int):
+        self.stats = DecodeStats(self.cfg.epoch_size)
+        return iterate_batches(make_shuffled_dataset(self.data, self.cfg, start_step=start_step, stats=self.stats))
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.trainer.set_learning_rate(lr)
+
+    def step(self, batch, global_step: int, before_update=None) -> dict:
+        images, labels = batch
+        return self.trainer.step(images, labels, global_step)
+
+    def state_variables(self) -> list:
+        return self.trainer.state_variables()
+
+    def save(self, run_dir: str, global_step: int, publish: bool) -> None:
+        save_models(self.trainer, run_dir)
+
+    def epoch_notes(self, global_step: int) -> list[str]:
+        skipped = self.stats.end_epoch(global_step // self.cfg.epoch_size)
+        if not skipped:
+            return []
+        return [f"{skipped} unreadable image(s) skipped this epoch ({len(self.stats.bad_files)} distinct files)"]
+
+    def evaluate(self, global_step: int):
+        """The cosine 10-fold accuracy line and, for a margin with an uncertainty read-out (ScaleFace), the
+        original risk lines with that uncertainty."""
+        if training_bin_paths(self.cfg):
+            yield from evaluate_training_bins(evaluation_model(self.trainer), self.cfg, cosine_line=True)
+
+    def postfix(self, watch: dict) -> dict:
+        return dict(loss=f"{watch['loss']:.4f}", acc=f"{watch['acc']:.3f}")
 
 
 def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: str | None = None,
           max_steps: int | None = None) -> dict:
     """Train a backbone as the config says. Returns {'run_dir', 'global_step', 'last_watch', 'model'} (the
     backbone)."""
-    from probface_tf.data.sampler import DecodeStats, iterate_batches
-    from probface_tf.data.shuffled import make_shuffled_dataset
-
-    strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
-    configure_runtime(cfg)
-    data = _open_data(cfg)
-    locked = preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
-    num_classes = _num_classes(cfg, data)
-    chief = is_chief(strategy)
-    if run_dir is None:
-        run_dir = (latest_run_dir(cfg) if resume else None) or (create_run_dir(cfg, config_path) if chief else None)
-    restore_dir = run_dir
-    if not chief:  # other workers of a cluster read the shared run (resume) but write to a private folder
-        run_dir = worker_scratch_dir(strategy)
-    ensure_run_dir(run_dir, config_path, cfg)
-    log = TrainingLog(run_dir)
-    trainer = BackboneTrainer(cfg, num_classes, learning_rate_at(0, cfg.learning_rate_schedule), strategy)
-    if trainer.replicas > 1:
-        log.text(f"distribute_strategy {cfg.distribute_strategy!r}: {trainer.replicas} replicas, batch norm "
-                 f"{'synchronised' if cfg.sync_batch_norm else 'per replica'}")
-    if cfg.restore_model:
-        log.text(_restore_initial_weights(trainer, cfg))
-    checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
-    global_step = checkpoints.restore_latest(restore_dir) if resume and restore_dir else 0
-    if resume:
-        latest = tf.train.latest_checkpoint(os.path.join(restore_dir, "checkpoints")) if restore_dir else None
-        log.text(f"resumed from {latest or 'scratch'} at step {global_step}")
-        for k, (a, b) in (record_resume(restore_dir, cfg, global_step) if chief and restore_dir else {}).items():
-            log.text(f"resume changes {k}: {a!r} -> {b!r}")
-    log.text(banner(cfg))
-    log.text(f"backbone: {len(data)} images of {data.num_classes} identities, {cfg.margin_loss} head over "
-             f"{num_classes} classes")
-    total = cfg.num_epochs * cfg.epoch_size
-    stop = min(total, max_steps) if max_steps is not None else total
-    stats = DecodeStats(cfg.epoch_size)
-    batches = iterate_batches(make_shuffled_dataset(data, cfg, start_step=global_step, stats=stats))
-    bar = _progress(global_step, stop)
-    watch: dict = {}
-    saved_at = None
-    while global_step < stop:
-        epoch, step = divmod(global_step, cfg.epoch_size)
-        lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
-        trainer.set_learning_rate(lr)
-        images, labels = next(batches)
-        watch = trainer.step(images, labels, global_step)
-        watch["lr"] = lr
-        global_step += 1
-        if step % cfg.summary_interval == 0:
-            log.step(epoch, step, global_step, watch)
-        if global_step % cfg.checkpoint_interval == 0 or global_step % cfg.epoch_size == 0 or global_step == stop:
-            checkpoints.save(global_step)
-        if global_step % cfg.epoch_size == 0:
-            save_models(trainer, run_dir)
-            saved_at = global_step
-            _end_epoch(trainer, cfg if chief else cfg.replace(test_bin_paths=None, test_data_dir_mx=None), log,
-                       stats, global_step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{watch['loss']:.4f}", acc=f"{watch['acc']:.3f}")
-    if bar is not None:
-        bar.close()
-    if saved_at != global_step:  # stopped mid-epoch (max_steps) or nothing left to train on resume
-        save_models(trainer, run_dir)
-    if not chief:
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-    unlock_run(locked)
-    return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": trainer.backbone}
-
-
-def _progress(start: int, stop: int):
-    if not interactive():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True)
-
-
-def _end_epoch(trainer: BackboneTrainer, cfg, log: TrainingLog, stats, global_step: int) -> None:
-    skipped = stats.end_epoch(global_step // cfg.epoch_size)
-    if skipped:
-        log.text(f"{skipped} unreadable image(s) skipped this epoch ({len(stats.bad_files)} distinct files)")
-    for name, text, scalars in evaluate_backbone(trainer, cfg):
-        log.text(f"--- {name} ---")
-        log.text(text)
-        log.scalars(scalars, global_step, prefix=f"{name}/")
+    return Trainer(BackboneTask, cfg, config_path, resume, run_dir, max_steps).run()
 
 
 def evaluation_model(trainer: BackboneTrainer) -> keras.Model:
@@ -350,28 +289,6 @@ def evaluation_model(trainer: BackboneTrainer) -> keras.Model:
     outputs = {"mu": end_points["mu"]}
     if trainer.scale_head is not None:
         scale = trainer.scale_head(end_points[trainer.cfg.uncertainty_module_input])
-        outputs["sigma_sq"] = keras.layers.Lambda(uncertainty_from_scale, name="sigma_sq")(scale)
+        read_out = trainer.method.uncertainty
+        outputs["sigma_sq"] = keras.layers.Lambda(lambda s: read_out({"scale": s}), name="sigma_sq")(scale)
     return keras.Model(images, outputs, name="BackboneEval")
-
-
-def evaluate_backbone(trainer: BackboneTrainer, cfg):
-    """Yields (name, text, scalars) per configured ``.bin``: the cosine 10-fold accuracy line and, for
-    ScaleFace, the original risk lines with 1/scale as the pair uncertainty."""
-    from probface_tf.eval.model_loader import wrap_keras_model
-    from probface_tf.eval.report import percentile_line, risk_line
-    from probface_tf.eval.runner import evaluate_bin
-    from probface_tf.train.epoch_eval import training_bin_paths
-
-    paths = training_bin_paths(cfg)
-    if not paths:
-        return
-    loaded = wrap_keras_model(evaluation_model(trainer), cfg)
-    for path in paths:
-        result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size)
-        cosine = result["verification"]["cosine"]
-        lines = ["Cosine score acc %f threshold %f" % (cosine["accuracy"], cosine["threshold"])]
-        scalars = {"cosine_acc": cosine["accuracy"]}
-        if result.get("risk"):
-            lines += [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
-            scalars.update({f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]})
-        yield result["name"], "\n".join(lines), scalars

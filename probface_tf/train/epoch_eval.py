@@ -1,4 +1,4 @@
-"""The original per-epoch evaluation during head training (``verification_risk.eval_images``).
+"""The per-epoch evaluation of both training stages (the original's ``verification_risk.eval_images``).
 
 For each configured ``.bin`` (``test_targets`` found in ``test_data_dir_mx``, plus ``test_bin_paths``): stream
 the images through the model, then print the sigma-percentile line and the risk-factor lines (cosine 10-fold
@@ -25,14 +25,24 @@ def training_bin_paths(cfg) -> list[str]:
     return paths + list(cfg.test_bin_paths or [])
 
 
-def evaluate_training_bins(model, cfg):
-    """Yields (name, original text block, scalars for TensorBoard) per configured .bin."""
+def evaluate_training_bins(model, cfg, cosine_line: bool = False):
+    """Yields (name, original text block, scalars for TensorBoard) per configured .bin: with ``cosine_line`` the
+    cosine 10-fold accuracy line first (stage 1), then, when the model gives an uncertainty, the sigma-percentile
+    line and the risk-factor lines."""
+    paths = training_bin_paths(cfg)
+    if not paths:
+        return
     loaded = wrap_keras_model(model, cfg)  # BN-folded inference copy of the current weights
-    for path in training_bin_paths(cfg):
+    for path in paths:
         result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size)
-        name = result["name"]
-        lines = [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
-        scalars = {f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]}
-        if result["sigma"] in result["verification"]:  # baselines' uncertainties have no MLS score
+        lines, scalars = [], {}
+        if cosine_line:
+            cosine = result["verification"]["cosine"]
+            lines.append("Cosine score acc %f threshold %f" % (cosine["accuracy"], cosine["threshold"]))
+            scalars["cosine_acc"] = cosine["accuracy"]
+        if result.get("risk"):
+            lines += [percentile_line(result["sigma_sq_percentiles"])] + [risk_line(r) for r in result["risk"]]
+            scalars.update({f"acc_risk{r['risk_factor']}": r["cosine"]["accuracy"] for r in result["risk"]})
+        if result.get("sigma") in result["verification"]:  # baselines' uncertainties have no MLS score
             scalars[f"{result['sigma']}_acc"] = result["verification"][result["sigma"]]["accuracy"]
-        yield name, "\n".join(lines), scalars
+        yield result["name"], "\n".join(lines), scalars

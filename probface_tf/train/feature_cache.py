@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from probface_tf.data.errors import UnreadableImageError
 from probface_tf.data.preprocess import parse_ops, preprocess_batch
 from probface_tf.data.sampler import BalancedBatchPlanner
 
@@ -78,8 +79,6 @@ class FeatureCache:
                 feats.append(np.asarray(f, np.float32))
                 mus.append(np.asarray(m, np.float32))
             decoded.clear()
-
-        from probface_tf.data.errors import UnreadableImageError
 
         for i in range(len(data)):
             try:

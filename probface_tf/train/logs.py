@@ -6,6 +6,10 @@ import shutil
 import sys
 import time
 
+from tqdm import tqdm
+
+from probface_tf.config import overrides_text
+
 
 def create_run_dir(cfg, config_path: str | None = None) -> str:
     """``log_base_dir/name/YYYYmmdd-HHMMSS/`` with the config copied in as ``config.py`` (as the original)."""
@@ -34,8 +38,6 @@ def copy_config(run_dir: str, config_path: str | None, cfg=None) -> None:
     reproduces the run."""
     if not config_path:
         return
-    from probface_tf.config import overrides_text
-
     target = os.path.join(run_dir, "config.py")
     shutil.copyfile(config_path, target)
     extra = overrides_text(cfg) if cfg is not None else ""
@@ -72,6 +74,11 @@ def format_line(epoch: int, step: int, duration: float, watch: dict) -> str:
 
 def interactive() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
+
+
+def progress(start: int, stop: int):
+    """A tqdm bar over the global steps on a terminal; None otherwise (pipes, CI)."""
+    return tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True) if interactive() else None
 
 
 class TrainingLog:

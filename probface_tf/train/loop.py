@@ -1,63 +1,34 @@
-"""ProbFace head training (stage 2): frozen, restored backbone; only ``UncertaintyModule`` learns.
+"""ProbFace head training (stage 2): frozen, restored backbone; only the ``UncertaintyModule`` learns.
 
-One step = the original's: forward the batch (backbone in inference mode, head BN in training mode), the
-weighted losses of ``probface_tf.losses.probface_loss`` plus the head's weight decay (``regu``), one momentum
-update of the head variables. The learning rate follows the config's piecewise schedule by global step.
-
-Resumable: a ``tf.train.CheckpointManager`` under ``<run>/checkpoints`` holds head, optimizer and step; the data
-order is a pure function of (seed, step), so resuming at step k replays exactly the batches an uninterrupted
-run would have seen. TensorFlow writes a checkpoint's files before it updates the ``checkpoint`` state file
-(atomically, by rename), so a crash mid-save leaves the previous checkpoint as the latest.
-
-Nothing non-finite is ever written. A state's loss is only known once the next step computes it, so saving is
-deferred: the checkpoint / ``model.keras`` / evaluation due after update g run inside step g+1, after its losses
-(computed on exactly state g: the forward pass is side-effect free, BN moving statistics are committed together
-with the update) are checked finite and state g's variables are checked finite, and before update g+1 is
-applied. The last state of a run is checked the same way on one more batch. So when the losses of step g are
-non-finite, training stops before state g (the one that produced them) or anything after it reaches the disk.
+One step = the original's: forward the batch (backbone in inference mode, head BN in training mode), the loss of
+the ``head_type`` method (ProbFace: the weighted losses of ``probface_tf.losses.probface_loss``; see
+``probface_tf.methods``) plus the head's weight decay (``regu``), one momentum update of the head variables.
+:class:`HeadTask` runs it under the one training loop (``probface_tf.train.trainer``), which saves a state only
+once the next step's losses show it finite; :meth:`HeadTrainer.batch_losses` therefore changes nothing.
 """
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import sys
 
 import keras
 import tensorflow as tf
 
-from probface_tf.losses import probface_loss
-from probface_tf.models.probface import backbone_of, from_config, head_of
-from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_run_dir, interactive, \
-    latest_run_dir
-from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, is_chief, \
-    run, strategy_from_config, worker_scratch_dir
+from probface_tf.data import sampler
+from probface_tf.data.dataset import dataset_from_config
+from probface_tf.export import export_saved_model
+from probface_tf.methods import HEAD_STAGE, get_method, model_from_config
+from probface_tf.methods.probface import discriminative_metric  # noqa: F401 - its former home
+from probface_tf.models.inference import fold_backbone
+from probface_tf.models.probface import backbone_of, head_of
+from probface_tf.train.checkpoints import save_keras
+from probface_tf.train.checks import finite_values
+from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, run
+from probface_tf.train.epoch_eval import evaluate_training_bins
+from probface_tf.train.feature_cache import FeatureCache
 from probface_tf.train.optimizer import make_optimizer
-from probface_tf.train.preflight import preflight
-from probface_tf.train.run_lock import unlock_run
-from probface_tf.train.run_record import record_resume
+from probface_tf.train.restore import restore
 from probface_tf.train.schedule import learning_rate_at
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/Inf; the message names the step and the loss terms."""
-
-
-class TrainingInputError(ValueError):
-    """A config key names a file or folder that does not exist; the message names the key and the path."""
-
-
-def configure_runtime(cfg) -> None:
-    """Seeds, determinism and the mixed-precision policy, before any layer is built."""
-    keras.utils.set_random_seed(cfg.base_random_seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.config.set_dtype_policy(cfg.mixed_precision)
-
-
-def discriminative_metric(cfg) -> str:
-    # The original's test of the config key is inverted, so it always trains with triplet_semihard.
-    return cfg.discriminat_metric_type if cfg.honour_discriminat_metric_type else "triplet_semihard"
+from probface_tf.train.trainer import Trainer, TrainingTask
 
 
 class HeadTrainer:
@@ -73,7 +44,7 @@ class HeadTrainer:
         self.replicas = int(self.strategy.num_replicas_in_sync)
         self.backbone, self.head = backbone_of(model), head_of(model)
         self.variables = self.head.trainable_variables
-        self.metric = discriminative_metric(cfg)
+        self.method = get_method(cfg.head_type, HEAD_STAGE)
         self._stateful = list(self.head.non_trainable_variables)  # BN moving statistics
         with self.strategy.scope():
             self.optimizer = make_optimizer(cfg, learning_rate)
@@ -96,8 +67,6 @@ class HeadTrainer:
         if not hasattr(self, "_feature_backbone"):
             self._feature_backbone = self.backbone
             if self.cfg.fold_frozen_backbone:
-                from probface_tf.models.inference import fold_backbone
-
                 dtype = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(self.cfg.mixed_precision)
                 self._feature_backbone = fold_backbone(self.backbone, dtype)
         return self._feature_backbone
@@ -108,18 +77,11 @@ class HeadTrainer:
         state stays exactly the one the losses describe until :meth:`_commit` (and can be saved in between)."""
         with tf.GradientTape() as tape:
             with keras.StatelessScope() as scope:
-                log_sigma_sq = self.head(features, training=True)
+                head_output = self.head(features, training=True)
             updates = [scope.get_current_value(v) for v in self._stateful]
             # regu reads the weights outside the scope (inside, unmapped variables read as None).
             regu = tf.add_n(self.head.losses) if self.head.losses else tf.constant(0.0)
-            if self.cfg.head_type in ("pcnet", "idq"):  # a baseline head: its output is p, not log sigma^2
-                from probface_tf.baselines.training import baseline_loss
-
-                total, watch = baseline_loss(self.cfg, labels, mu, log_sigma_sq, regu)
-            else:
-                total, watch = probface_loss(labels, mu, log_sigma_sq, self.cfg.loss_weights,
-                                             self.cfg.output_constraint_type, self.metric, self.cfg.triplet_margin,
-                                             regu)
+            total, watch = self.method.loss(self.cfg, labels, mu, head_output, regu)
             scaled = self.optimizer.scale_loss(total)
         updates = [u if u is not None else v for u, v in zip(updates, self._stateful)]
         return watch, tape.gradient(scaled, self.variables), updates
@@ -163,7 +125,7 @@ class HeadTrainer:
         if self.replicas > 1:
             inputs = distribute_batch(self.strategy, inputs, halves=from_images and self.cfg.double_batch)
         watch, grads, updates = self._gradients[from_images](*inputs)
-        return self._checked(first_replica(self.strategy, watch), global_step), grads, updates
+        return finite_values(first_replica(self.strategy, watch), global_step), grads, updates
 
     def step_batch(self, batch: dict, global_step: int, before_update=None) -> dict:
         """One update. The losses are computed and checked on the current state first; on NaN/Inf this raises
@@ -178,18 +140,9 @@ class HeadTrainer:
     def step(self, features, mu, labels, global_step: int, before_update=None) -> dict:
         return self.step_batch({"features": features, "mu": mu, "labels": labels}, global_step, before_update)
 
-    def _checked(self, watch, global_step: int) -> dict:
-        values = {k: float(v) for k, v in watch.items()}
-        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
-        if bad:
-            raise NonFiniteLossError(f"non-finite loss at global step {global_step}: "
-                                     + ", ".join(f"{k}={values[k]}" for k in bad))
-        return values
-
-    def non_finite_variables(self) -> list[str]:
-        """Paths of head and optimizer variables holding NaN/Inf (empty when the state is finite)."""
-        return [v.path for v in list(self.head.weights) + list(self.optimizer.variables)
-                if keras.backend.is_float_dtype(v.dtype) and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+    def state_variables(self) -> list:
+        """What is saved and must be finite: head and optimizer variables."""
+        return list(self.head.weights) + list(self.optimizer.variables)
 
     def image_step(self, images, labels, global_step: int, before_update=None) -> dict:
         return self.step_batch({"images": images, "labels": labels}, global_step, before_update)
@@ -236,86 +189,13 @@ class HeadTrainer:
 
 
 def build_model(cfg) -> keras.Model:
-    return from_config(cfg, freeze_backbone=True)
-
-
-def _batches(cfg, trainer: HeadTrainer, start_step: int):
-    """Iterator of (features, mu, labels) per step, from images or from the feature cache. The data is opened
-    (and the cache built) here, eagerly, so a data error surfaces before the run directory is created."""
-    from probface_tf.data import sampler
-    from probface_tf.data.dataset import dataset_from_config
-
-    data = dataset_from_config(cfg)
-    if cfg.feature_cache:
-        from probface_tf.train.feature_cache import FeatureCache
-
-        cache = FeatureCache.build(data, cfg, trainer.extract)  # the compiled forward, over every replica
-        return ({"features": f, "mu": m, "labels": y} for f, m, y in cache.batches(start_step))
-    return ({"images": x, "labels": y} for x, y in sampler.make_train_dataset(data, cfg, start_step=start_step))
-
-
-def check_inputs(cfg) -> list[str]:
-    """Check the paths the recipe names before anything is built or written; returns warnings.
-
-    Missing ``train_dataset_path`` / ``restore_model`` / ``test_bin_paths`` entries are one error naming every
-    such key. A ``test_targets`` file missing from ``test_data_dir_mx`` is a warning: the original evaluates only
-    the targets it finds, and a missing evaluation file should not refuse hours of training.
-    """
-    from probface_tf.data.ensure import ensure_synthetic
-
-    ensure_synthetic(cfg)  # a synthetic recipe renders its data (train folder, .bin) on first use
-    problems, warnings = [], []
-    if not cfg.train_dataset_path:
-        problems.append("config key 'train_dataset_path' is not set")
-    elif not os.path.exists(os.path.expanduser(cfg.train_dataset_path)):
-        problems.append(f"config key 'train_dataset_path': not found: {cfg.train_dataset_path}")
-    if cfg.restore_model:
-        path = os.path.expanduser(cfg.restore_model)
-        if not (os.path.exists(path) or os.path.isfile(path + ".index")):  # a file, a run dir or a ckpt prefix
-            problems.append(f"config key 'restore_model': no such file, run directory or checkpoint prefix: "
-                            f"{cfg.restore_model}")
-    for path in cfg.test_bin_paths or ():
-        if not os.path.isfile(os.path.expanduser(path)):
-            problems.append(f"config key 'test_bin_paths': file not found: {path}")
-    if cfg.test_data_dir_mx:
-        for name in cfg.test_targets:
-            path = os.path.join(os.path.expanduser(cfg.test_data_dir_mx), name + ".bin")
-            if not os.path.isfile(path):
-                warnings.append(f"warning: config key 'test_data_dir_mx': {path} not found; '{name}' (from "
-                                f"'test_targets') will not be evaluated after each epoch")
-    if problems:
-        raise TrainingInputError("; ".join(problems))
-    return warnings
-
-
-class Checkpoints:
-    """Head + optimizer + step under ``<run>/checkpoints`` (keep ``keep_checkpoints``)."""
-
-    def __init__(self, run_dir: str, trainer: HeadTrainer, keep: int):
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.ckpt = tf.train.Checkpoint(head=trainer.head, optimizer=trainer.optimizer, step=self.step)
-        # CheckpointManager only reads the folder here; it is created by the first save.
-        self.manager = tf.train.CheckpointManager(self.ckpt, os.path.join(run_dir, "checkpoints"), max_to_keep=keep)
-
-    def restore_latest(self) -> int:
-        if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        return int(self.step.numpy())
-
-    def save(self, global_step: int) -> str:
-        self.step.assign(global_step)
-        return self.manager.save(checkpoint_number=global_step)
+    return model_from_config(cfg, freeze_backbone=True)
 
 
 def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
     """Save the whole model (``model.keras``) and, when configured, a versioned SavedModel export."""
-    path = os.path.join(run_dir, "model.keras")
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)  # never a half-written model.keras
-    if cfg.export_saved_model and cfg.head_type == "probface":  # the serving signatures need sigma_sq
-        from probface_tf.export import export_saved_model
-
+    path = save_keras(model, os.path.join(run_dir, "model.keras"))
+    if cfg.export_saved_model and "sigma_sq" in model.output:  # the serving signatures need sigma_sq
         export_saved_model(model, os.path.join(run_dir, "saved_model"), version=max(global_step, 1),
                            preprocess_ops=cfg.preprocess_test, image_size=cfg.image_size,
                            resize_method=cfg.resize_method, contrast_stretch=cfg.eval_contrast_stretch,
@@ -323,142 +203,68 @@ def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
     return path
 
 
-def _resume_target(cfg, run_dir: str | None) -> tuple[str | None, str]:
-    """The run ``--resume`` continues and a log note saying which; None = start a new run."""
-    if run_dir is not None:
-        return run_dir, f"resume: run {run_dir}"
-    found = latest_run_dir(cfg)
-    if found is None:
-        base = os.path.join(os.path.expanduser(cfg.log_base_dir), cfg.name)
-        return None, f"resume: no run under {base} has a checkpoint; starting a new run"
-    return found, f"resume: newest run with a checkpoint is {found}"
+class HeadTask(TrainingTask):
+    """Stage 2 of the method ``head_type`` for the :class:`~probface_tf.train.trainer.Trainer`."""
+
+    def __init__(self, cfg, strategy):
+        super().__init__(cfg, strategy)
+        self.method = get_method(cfg.head_type, HEAD_STAGE)
+        self.trains = self.method.trains
+        self.trainer = None
+
+    def build(self) -> list[str]:
+        cfg, notes = self.cfg, []
+        with self.strategy.scope():
+            self.model = build_model(cfg)
+        if cfg.restore_model:
+            notes.append(restore(self.model, cfg.restore_model, cfg.restore_scopes, cfg.exclude_restore_scopes))
+        if self.method.prepare is not None:
+            notes += self.method.prepare(self.model, cfg)
+        if self.trains:
+            self.trainer = HeadTrainer(self.model, cfg, learning_rate_at(0, cfg.learning_rate_schedule),
+                                       self.strategy)
+            if self.trainer.replicas > 1:
+                notes.append(f"distribute_strategy {cfg.distribute_strategy!r}: {self.trainer.replicas} replicas")
+        return notes
+
+    def checkpoint_parts(self) -> dict:
+        return dict(head=self.trainer.head, optimizer=self.trainer.optimizer) if self.trains else {}
+
+    def batches(self, start_step: int):
+        """Batches from images or from the feature cache. The data is opened (and the cache built) here, eagerly,
+        so a data error surfaces before the run directory is created."""
+        data = dataset_from_config(self.cfg)
+        if self.cfg.feature_cache:
+            cache = FeatureCache.build(data, self.cfg, self.trainer.extract)  # the compiled forward, all replicas
+            return ({"features": f, "mu": m, "labels": y} for f, m, y in cache.batches(start_step))
+        return ({"images": x, "labels": y}
+                for x, y in sampler.make_train_dataset(data, self.cfg, start_step=start_step))
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.trainer.set_learning_rate(lr)
+
+    def step(self, batch, global_step: int, before_update=None) -> dict:
+        return self.trainer.step_batch(batch, global_step, before_update)
+
+    def batch_losses(self, batch, global_step: int):
+        return self.trainer.batch_losses(batch, global_step)
+
+    def state_variables(self) -> list:
+        return self.trainer.state_variables() if self.trains else list(self.model.weights)
+
+    def save(self, run_dir: str, global_step: int, publish: bool) -> None:
+        save_model(self.model, run_dir, self.cfg if publish else self.cfg.replace(export_saved_model=False),
+                   global_step)
+
+    def evaluate(self, global_step: int):
+        """The original per-epoch evaluation on the configured .bin files (cfp_fp by default)."""
+        return evaluate_training_bins(self.model, self.cfg)
+
+    def postfix(self, watch: dict) -> dict:
+        return dict(a=f"{watch['a']:.4f}", mls=f"{watch.get('mls', float('nan')):.4f}")
 
 
 def train(cfg, config_path: str | None = None, resume: bool = False, run_dir: str | None = None,
           max_steps: int | None = None, evaluate_each_epoch: bool = True) -> dict:
-    """Train the head as the config says. Returns {'run_dir', 'global_step', 'last_watch', 'model'}.
-
-    Everything that can fail on the user's input (paths, restore, data, feature cache) runs before the run
-    directory is created, so a failed start leaves nothing behind.
-    """
-    if cfg.head_type == "mc_dropout":  # nothing to train: the head reuses the backbone's bottleneck
-        from probface_tf.baselines.training import train_mc_dropout
-
-        return train_mc_dropout(cfg, config_path, resume, run_dir, max_steps, evaluate_each_epoch)
-    strategy = strategy_from_config(cfg)  # first: a cluster strategy must exist before other TensorFlow work
-    notes = check_inputs(cfg)
-    for note in notes:
-        print(note, file=sys.stderr, flush=True)
-    locked = preflight(cfg, run_dir, resume)  # every input checked and a continued run locked, before any work
-    if resume:
-        run_dir, note = _resume_target(cfg, run_dir)
-        notes.append(note)
-    configure_runtime(cfg)
-    with strategy.scope():
-        model = build_model(cfg)
-    if cfg.restore_model:
-        from probface_tf.train.restore import restore
-
-        notes.append(restore(model, cfg.restore_model, cfg.restore_scopes, cfg.exclude_restore_scopes))
-    trainer = HeadTrainer(model, cfg, learning_rate_at(0, cfg.learning_rate_schedule), strategy)
-    global_step, checkpoints = 0, None
-    if resume and run_dir is not None:
-        checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
-        global_step = checkpoints.restore_latest()
-        latest = checkpoints.manager.latest_checkpoint
-        notes.append(f"resumed from checkpoint {latest} at step {global_step}" if latest
-                     else f"no checkpoint in {run_dir}: starting at step 0")
-        if is_chief(strategy):
-            notes += [f"resume changes {k}: {old!r} -> {new!r}" for k, (old, new) in
-                      record_resume(run_dir, cfg, global_step).items()]
-    batches = _batches(cfg, trainer, global_step)
-    chief = is_chief(strategy)
-    if not chief:  # other workers of a cluster write nothing shared: their files go to a private folder
-        run_dir, checkpoints, evaluate_each_epoch = worker_scratch_dir(strategy), None, False
-        cfg = cfg.replace(export_saved_model=False)
-    elif run_dir is None:
-        run_dir = create_run_dir(cfg, config_path)
-    else:
-        ensure_run_dir(run_dir, config_path, cfg)
-    if checkpoints is None:
-        checkpoints = Checkpoints(run_dir, trainer, cfg.keep_checkpoints)
-    if trainer.replicas > 1:
-        notes.append(f"distribute_strategy {cfg.distribute_strategy!r}: {trainer.replicas} replicas")
-    log = TrainingLog(run_dir)
-    for note in notes:
-        log.text(note, echo=not note.startswith("warning:"))  # warnings went to stderr already
-    log.text(banner(cfg))
-    total = cfg.num_epochs * cfg.epoch_size
-    stop = min(total, max_steps) if max_steps is not None else total
-
-    # Saves of the current state wait here until its losses are known finite (see the module docstring).
-    pending: list = []
-
-    def save_pending():
-        if not pending:
-            return
-        bad = trainer.non_finite_variables()
-        if bad:
-            raise NonFiniteLossError(f"non-finite variables at global step {global_step}: {', '.join(bad[:5])}")
-        for job in pending:
-            job()
-        pending.clear()
-
-    if global_step == 0:
-        pending.append(lambda: save_model(model, run_dir, cfg, 0))
-    bar = _progress(global_step, stop)
-    watch: dict = {}
-    try:
-        while global_step < stop:
-            epoch, step = divmod(global_step, cfg.epoch_size)
-            lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
-            trainer.set_learning_rate(lr)
-            watch = trainer.step_batch(next(batches), global_step, before_update=save_pending)
-            watch["lr"] = lr
-            global_step += 1
-            if step % cfg.summary_interval == 0:
-                log.step(epoch, step, global_step, watch)
-            epoch_end = global_step % cfg.epoch_size == 0
-            if epoch_end:  # model and evaluation before the checkpoint: a crash between them redoes both
-                pending.append(lambda gs=global_step: save_model(model, run_dir, cfg, gs))
-                if evaluate_each_epoch:
-                    pending.append(lambda gs=global_step: _evaluate_epoch(model, cfg, run_dir, log, gs))
-            if global_step % cfg.checkpoint_interval == 0 or epoch_end or global_step == stop:
-                pending.append(lambda gs=global_step: checkpoints.save(gs))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(a=f"{watch['a']:.4f}", mls=f"{watch.get('mls', float('nan')):.4f}")
-        if pending:  # the last state: no next step checks it, so compute its losses on one more batch
-            trainer.batch_losses(next(batches), global_step)
-            save_pending()
-    except NonFiniteLossError as exc:
-        latest = checkpoints.manager.latest_checkpoint
-        raise NonFiniteLossError(f"{exc}; training stopped, this state was not saved; latest checkpoint: "
-                                 f"{latest or 'none'}") from None
-    finally:
-        if bar is not None:
-            bar.close()
-        if not chief:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    unlock_run(locked)
-    return {"run_dir": run_dir, "global_step": global_step, "last_watch": watch, "model": model}
-
-
-def _progress(start: int, stop: int):
-    if not interactive():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=stop, initial=start, unit="step", dynamic_ncols=True)
-
-
-def _evaluate_epoch(model, cfg, run_dir: str, log: TrainingLog, global_step: int) -> None:
-    """The original per-epoch evaluation on the configured .bin files (cfp_fp by default)."""
-    from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
-
-    if not training_bin_paths(cfg):
-        return
-    for name, text, scalars in evaluate_training_bins(model, cfg):
-        log.text(f"--- {name} ---")
-        log.text(text)
-        log.scalars(scalars, global_step, prefix=f"{name}/")
+    """Train the head as the config says. Returns {'run_dir', 'global_step', 'last_watch', 'model'}."""
+    return Trainer(HeadTask, cfg, config_path, resume, run_dir, max_steps, evaluate_each_epoch).run()

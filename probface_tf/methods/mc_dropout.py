@@ -1,106 +1,38 @@
-"""Heads of the face-uncertainty-pytorch baselines, as serializable Keras layers on the backbone's conv_final.
+"""MC dropout (face-uncertainty-pytorch): dropout kept active at test time before a copy of the backbone's
+bottleneck (``Dense -> BN -> l2-normalise``), ``T`` stochastic passes; ``mu`` is the re-normalised mean
+direction and the uncertainty the spread of ``cos(sample, mu)``. Only this tail is repeated: the backbone runs
+once per image up to the flatten, so T passes cost T small matmuls instead of T backbone forwards.
 
-* :class:`ProbabilityHead` (``head_fc2_prob``): ``Dense(fc1) -> BN -> ReLU -> Dense(1) -> sigmoid`` gives ``p``
-  in (0, 1). ``p`` is an *uncertainty* probability: the original losses turn it into the confidence
-  ``c = 1 - p`` first ("change uncertainty to confidence prob"), so for risk tables ``p = 1 - c`` is already
-  the uncertainty (larger = riskier). PCNet and IDQ share this head and differ only in the loss.
-* :class:`MCDropoutHead`: dropout kept active at test time before a copy of the backbone's bottleneck
-  (``Dense -> BN -> l2-normalise``), ``T`` stochastic passes; ``mu`` is the re-normalised mean direction and
-  the uncertainty the spread of ``cos(sample, mu)``. Only this tail is repeated: the backbone runs once per
-  image up to the flatten, so T passes cost T small matmuls instead of T backbone forwards.
-
-Both layers are named ``UncertaintyModule`` by default, so the training loop, restore filters and checkpoints
-that look for the head by that name treat them like the ProbFace head.
+Nothing is trained: once the backbone is restored, its bottleneck is copied into the head (``prepare``).
 """
 from __future__ import annotations
-
-import math
 
 import keras
 import tensorflow as tf
 
-from probface_tf.baselines.losses import mc_dropout_uncertainty
-from probface_tf.models.layers import PACKAGE, SlimBatchNorm
+from probface_tf.losses import LossInputError
+from probface_tf.methods.registry import HEAD_STAGE, Method, register_method
+from probface_tf.models.layers import PACKAGE, flat_size
+from probface_tf.models.probability_head import BaselineHeadError, baseline_model, flatten
+from probface_tf.models.probface import attach_backbone
 from probface_tf.models.resface import BN_DECAY, BN_EPSILON
+from probface_tf.models.spec import ModelSpec
 from probface_tf.models.uncertainty import SCOPE
 
-# torch.nn.BatchNorm1d defaults (momentum 0.1 = Keras decay 0.9); its running variance, like SlimBatchNorm's,
-# is updated with the unbiased batch variance.
-TORCH_BN_DECAY = 0.9
-TORCH_BN_EPSILON = 1e-5
 
+def mc_dropout_uncertainty(samples) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(mu, uncertainty)`` from T dropout passes ``samples`` [T, N, D].
 
-class BaselineHeadError(ValueError):
-    """A baseline head got an invalid option or input shape; the message names it."""
-
-
-def _flat_size(features_shape, layer: str) -> int:
-    size = 1
-    for d in features_shape[1:]:
-        if d is None:
-            raise BaselineHeadError(f"{layer} needs fully known feature dimensions, got {tuple(features_shape)}")
-        size *= int(d)
-    return size
-
-
-def _flatten(features) -> tf.Tensor:
-    x = tf.cast(features, tf.float32)
-    return tf.reshape(x, [tf.shape(x)[0], -1])
-
-
-def torch_linear_initializers(fan_in: int) -> tuple:
-    """torch.nn.Linear's default init: kernel and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    (kaiming_uniform with a = sqrt(5) reduces to that bound for the kernel)."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return (keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
-            keras.initializers.RandomUniform(-bound, bound))
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ProbabilityHead(keras.layers.Layer):
-    """face-uncertainty-pytorch's ``head_fc2_prob``: flattened features -> ``p`` [N, 1] in (0, 1).
-
-    ``weight_decay`` reproduces ``SGD(weight_decay=wd)``, which decays every parameter (kernels, biases and
-    the BN scale and offset): ``wd/2 * sum(w^2)`` over them appears in ``layer.losses``.
+    Each sample is L2-normalised; ``mu`` [N, D] is their mean direction (re-normalised); ``uncertainty`` [N, 1] is
+    the standard deviation over T (population, ddof 0) of the cosine between each sample and ``mu``.
     """
-
-    def __init__(self, fc1_size: int = 256, weight_decay: float = 5e-4, name: str = SCOPE, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(name=name, **kwargs)
-        if int(fc1_size) < 1:
-            raise BaselineHeadError(f"ProbabilityHead fc1_size must be >= 1, got {fc1_size}")
-        if weight_decay < 0:
-            raise BaselineHeadError(f"ProbabilityHead weight_decay must be >= 0, got {weight_decay}")
-        self.fc1_size, self.weight_decay = int(fc1_size), float(weight_decay)
-        self.fc1 = keras.layers.Dense(self.fc1_size, name="fc1", dtype="float32")
-        self.fc1_bn = SlimBatchNorm(TORCH_BN_DECAY, TORCH_BN_EPSILON, name="fc1_BatchNorm", dtype="float32")
-        self.fc2 = keras.layers.Dense(1, name="fc2", dtype="float32")
-
-    def build(self, features_shape):
-        flat = _flat_size(features_shape, "ProbabilityHead")
-        for dense, fan_in in ((self.fc1, flat), (self.fc2, self.fc1_size)):
-            dense.kernel_initializer, dense.bias_initializer = torch_linear_initializers(fan_in)
-        self.fc1.build((None, flat))
-        self.fc1_bn.build((None, self.fc1_size))
-        self.fc2.build((None, self.fc1_size))
-        if self.weight_decay > 0:
-            decay = keras.regularizers.L2(self.weight_decay / 2.0)
-            for variable in self.trainable_weights:
-                variable.regularizer = decay
-
-    def call(self, features, training=None):
-        x = tf.nn.relu(self.fc1_bn(self.fc1(_flatten(features)), training=training))
-        return tf.sigmoid(self.fc2(x))
-
-    def compute_output_shape(self, features_shape):
-        return (features_shape[0], 1)
-
-    def tf1_variable_map(self, scope: str = SCOPE) -> dict:
-        """No original TF1 counterpart: nothing to convert (the backbone still restores by original names)."""
-        return {}
-
-    def get_config(self):
-        return {**super().get_config(), "fc1_size": self.fc1_size, "weight_decay": self.weight_decay}
+    samples = tf.convert_to_tensor(samples)
+    if samples.shape.rank is not None and samples.shape.rank != 3:
+        raise LossInputError(f"samples must have shape [T, N, D], got shape {tuple(samples.shape)}")
+    samples = tf.math.l2_normalize(tf.cast(samples, tf.float32), axis=2)
+    mu = tf.math.l2_normalize(tf.reduce_mean(samples, axis=0), axis=1)
+    cos = tf.reduce_sum(samples * mu[None], axis=2)  # [T, N]
+    return mu, tf.math.reduce_std(cos, axis=0)[:, None]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -134,7 +66,7 @@ class MCDropoutHead(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
 
     def build(self, features_shape):
-        width = _flat_size(features_shape, "MCDropoutHead")
+        width = flat_size(features_shape, "MCDropoutHead", BaselineHeadError)
         flat = self.flat_size or width
         if flat > width:
             raise BaselineHeadError(f"MCDropoutHead flat_size {flat} exceeds the feature width {width}")
@@ -142,7 +74,7 @@ class MCDropoutHead(keras.layers.Layer):
         self.bottleneck_bn.build((None, self.embedding_size))
 
     def _flat(self, features) -> tf.Tensor:
-        x = _flatten(features)
+        x = flatten(features)
         return x if self.flat_size is None else x[:, :self.flat_size]
 
     def _embed(self, x) -> tf.Tensor:
@@ -189,3 +121,36 @@ class MCDropoutHead(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "embedding_size": self.embedding_size, "rate": self.rate,
                 "samples": self.samples, "flat_size": self.flat_size, "seed": self.seed}
+
+
+def mc_dropout_model(spec: ModelSpec, backbone: keras.Model | None = None) -> keras.Model:
+    """Backbone + :class:`MCDropoutHead` on conv_final (never trained: call :func:`copy_bottleneck` once the
+    backbone is restored)."""
+    images, backbone, end_points = attach_backbone(spec, backbone, error=BaselineHeadError)
+    # The bottleneck reads the flattened last stage, the first columns of conv_final.
+    flat = int(backbone.get_layer("Logits.Flatten").output.shape[-1])
+    head = MCDropoutHead(int(backbone.output["mu"].shape[-1]), spec.mc_dropout_rate, spec.mc_samples,
+                         flat_size=flat, seed=spec.seed)
+    head.trainable = False
+    mu, uncertainty = head(end_points["conv_final"])
+    return baseline_model(images, mu, uncertainty, "MCDropout")
+
+
+def copy_bottleneck(model: keras.Model) -> None:
+    """Copy the (restored) backbone's bottleneck into the model's MC-dropout head (no-op for other heads)."""
+    head = model.get_layer(SCOPE)
+    if isinstance(head, MCDropoutHead):
+        head.copy_bottleneck(model.get_layer("Resface"))
+
+
+def prepare(model: keras.Model, cfg) -> list[str]:
+    copy_bottleneck(model)
+    notes = [] if cfg.restore_model else ["warning: no restore_model: MC dropout runs on a randomly initialised "
+                                          "backbone"]
+    return notes + [f"MC dropout: rate {cfg.mc_dropout_rate}, {cfg.mc_samples} passes over the bottleneck; "
+                    f"nothing to train"]
+
+
+register_method(Method(
+    name="mc_dropout", stage=HEAD_STAGE, summary="MC dropout: spread of T dropout passes over the bottleneck",
+    build_model=mc_dropout_model, prepare=prepare, uncertainty=lambda outputs: outputs["uncertainty"]))

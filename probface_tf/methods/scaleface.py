@@ -1,6 +1,7 @@
-"""ScaleFace as an uncertainty method: a stage-1 run's backbone and scale head composed into one model.
+"""ScaleFace: an ArcFace margin whose scale ``s(x)`` a ``ScaleHead`` predicts per image (stage 1); a low scale
+marks an uncertain face, so ``1 / s(x)`` is the uncertainty.
 
-A ScaleFace run directory (``probface_tf.train.backbone``) holds ``backbone.keras`` and ``scale_head.keras``
+A ScaleFace run directory (stage-1 training) holds ``backbone.keras`` and ``scale_head.keras``
 (features of one backbone end point -> positive scale ``s(x)``). :func:`scaleface_model` joins them into a
 model with the baselines' outputs ``{'mu', 'uncertainty'}``, ``uncertainty = 1 / s(x)`` (a low scale marks an
 uncertain face), so the evaluator compares it with the other methods through the same interface.
@@ -11,12 +12,12 @@ import os
 
 import keras
 
-from probface_tf.baselines.heads import BaselineHeadError
-from probface_tf.models.heads import uncertainty_from_scale
+from probface_tf.config import load_config
+from probface_tf.methods.registry import BACKBONE_STAGE, Method, register_method
+from probface_tf.models.heads import BACKBONE_FILE, SCALE_HEAD_FILE, ScaleFace, uncertainty_from_scale
 from probface_tf.models.layers import PACKAGE
+from probface_tf.models.probability_head import BaselineHeadError
 
-BACKBONE_FILE = "backbone.keras"  # the names probface_tf.train.backbone writes
-SCALE_HEAD_FILE = "scale_head.keras"
 
 
 def is_scaleface_run(path: str) -> bool:
@@ -36,8 +37,6 @@ def _configured_end_point(run_dir: str) -> str | None:
     path = os.path.join(run_dir, "config.py")
     if not os.path.isfile(path):
         return None
-    from probface_tf.config import load_config
-
     return load_config(path).uncertainty_module_input
 
 
@@ -59,8 +58,6 @@ def _feature_end_point(backbone: keras.Model, scale_head: keras.Model, source: s
 
 def scaleface_model(run_dir: str, name: str = "ScaleFace") -> keras.Model:
     """Load a ScaleFace run's backbone and scale head; returns a model ``images -> {'mu', 'uncertainty'}``."""
-    import probface_tf.models.heads  # noqa: F401 - registers ScaleHead for deserialisation
-
     if not is_scaleface_run(run_dir):
         raise BaselineHeadError(f"{run_dir}: not a ScaleFace run directory (needs {BACKBONE_FILE} and "
                                 f"{SCALE_HEAD_FILE})")
@@ -73,3 +70,9 @@ def scaleface_model(run_dir: str, name: str = "ScaleFace") -> keras.Model:
     outputs = {"mu": keras.layers.Identity(name="mu_out", dtype="float32")(end_points["mu"]),
                "uncertainty": InverseScale(name="uncertainty", dtype="float32")(scale)}
     return keras.Model(images, outputs, name=name)
+
+
+register_method(Method(
+    name="scaleface", stage=BACKBONE_STAGE, summary="ScaleFace: ArcFace margin with a predicted per-image scale",
+    build_head=lambda num_classes, s, m: ScaleFace(num_classes, m=m), scale_head=True,
+    uncertainty=lambda outputs: uncertainty_from_scale(outputs["scale"])))
