@@ -29,7 +29,7 @@ base_random_seed = 0
 batch_size = 128
 epoch_size = 1000
 num_epochs = 12
-learning_rate_strategy = 'step'  # ignored: the schedule is always by step
+learning_rate_strategy = 'step'  # the table below by global step ('cosine' / 'linear' also exist)
 lr = 1e-2
 
 

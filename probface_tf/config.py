@@ -39,7 +39,7 @@ def _original_defaults(cfg: dict) -> None:
         cfg["preprocess_test"] = [["resize", (h, w)], ["standardize", "mean_scale"]]
     if cfg.get("batch_format") is None:
         cfg["batch_format"] = {"size": cfg["batch_size"], "num_classes": cfg["batch_size"] // 4}
-    if cfg.get("learning_rate_schedule") is None:
+    if cfg.get("learning_rate_schedule") is None and cfg.get("learning_rate_strategy", "step") == "step":
         cfg["learning_rate_schedule"] = {0: cfg["lr"]}
     if cfg.get("loss_weights") is None:  # network.py's defaults when the key is absent
         cfg["loss_weights"] = {"mls_loss": 5.0, "discriminate_loss": 1e-4, "output_constraint_loss": 1e-3}
@@ -101,7 +101,9 @@ def _check_entries(cfg: dict, source: str) -> None:
         if not _is_number(value) or value < 0:
             raise ConfigError(f"{source}: key 'loss_weights' entry {name!r} must be a non-negative number, "
                               f"got {type(value).__name__} {value!r}")
-    for step, lr in cfg["learning_rate_schedule"].items():
+    if cfg["learning_rate_strategy"] != "step":
+        _check_strategy_schedule(cfg, source)
+    for step, lr in (cfg["learning_rate_schedule"] if cfg["learning_rate_strategy"] == "step" else {}).items():
         if not _is_number(step):
             raise ConfigError(f"{source}: key 'learning_rate_schedule' has a non-numeric step {step!r} "
                               f"({type(step).__name__}); steps are numbers")
@@ -112,6 +114,18 @@ def _check_entries(cfg: dict, source: str) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{source}: key 'batch_format' entry {name!r} must be a positive int, "
                               f"got {type(value).__name__} {value!r}")
+
+
+# The parameters of the original's other LR strategies (see probface_tf.train.schedule for the formulas).
+STRATEGY_KEYS = {"cosine": ("initial", "interval", "end_step"), "linear": ("initial", "start", "end_step")}
+
+
+def _check_strategy_schedule(cfg: dict, source: str) -> None:
+    strategy, schedule = cfg["learning_rate_strategy"], cfg.get("learning_rate_schedule")
+    need = STRATEGY_KEYS[strategy]
+    if not isinstance(schedule, dict) or set(schedule) != set(need) or not all(map(_is_number, schedule.values())):
+        raise ConfigError(f"{source}: key 'learning_rate_schedule' with learning_rate_strategy '{strategy}' must be "
+                          f"{{{', '.join(repr(k) + ': number' for k in need)}}}, got {schedule!r}")
 
 
 def _validate_values(cfg: dict, source: str) -> None:
@@ -138,7 +152,8 @@ def _validate_values(cfg: dict, source: str) -> None:
     if cfg["uncertainty_module_output_size"] not in (1, cfg["embedding_size"]):
         raise ConfigError(f"{source}: key 'uncertainty_module_output_size' must be 1 or embedding_size "
                           f"({cfg['embedding_size']}), got {cfg['uncertainty_module_output_size']}")
-    if not cfg["learning_rate_schedule"] or min(cfg["learning_rate_schedule"]) > 0:
+    if cfg["learning_rate_strategy"] == "step" and (not cfg["learning_rate_schedule"]
+                                                    or min(cfg["learning_rate_schedule"]) > 0):
         raise ConfigError(f"{source}: key 'learning_rate_schedule' must have an entry for step 0, "
                           f"got {cfg['learning_rate_schedule']!r}")
 

@@ -27,7 +27,8 @@ SCHEMA: dict[str, Key] = {
     "name": Key((str,), "probface", "run name: runs are written to log_base_dir/name/YYYYmmdd-HHMMSS/"),
     "log_base_dir": Key((str,), "./log/", "folder that holds the runs"),
     "summary_interval": Key((int,), 100, "log a training line every N steps (step % N == 0)"),
-    "train_dataset_path": Key(_OPT_STR, None, "image folder, insightface .rec, or '<path> <label>' list file"),
+    "train_dataset_path": Key((str, list, tuple, type(None)), None, "image folder, insightface .rec, or "
+                              "'<path> <label>' list file; a list of them is merged into one dataset"),
     "test_data_dir_mx": Key(_OPT_STR, None, "folder of insightface .bin verification files"),
     "image_size": Key((list, tuple), [96, 96], "network input [height, width] (multiples of 16)"),
     "channels": Key((int,), 3, "3 = RGB"),
@@ -47,10 +48,12 @@ SCHEMA: dict[str, Key] = {
     "batch_format": Key((dict,), None, "{'size': batch_size, 'num_classes': identities per batch}"),
     "epoch_size": Key((int,), 1000, "steps per epoch"),
     "num_epochs": Key((int,), 12, "epochs"),
-    "learning_rate_strategy": Key((str,), "step", "ignored: always 'step' (learning_rate_schedule by global step)",
-                                  ("step",), ignored=True),
+    "learning_rate_strategy": Key((str,), "step", "'step' (learning_rate_schedule {first_step: lr}), 'cosine' "
+                                  "({'initial', 'interval', 'end_step'}) or 'linear' ({'initial', 'start', "
+                                  "'end_step'})", ("step", "cosine", "linear")),
     "lr": Key(_NUM, 1e-2, "base learning rate"),
-    "learning_rate_schedule": Key((dict,), None, "{first_step: lr}; the largest key <= global step wins"),
+    "learning_rate_schedule": Key((dict,), None, "'step': {first_step: lr}, the largest key <= global step wins; "
+                                  "see learning_rate_strategy for the others"),
     "restore_model": Key(_OPT_STR, None, "original run dir / TF1 ckpt, .keras backbone, or our checkpoint dir"),
     "restore_scopes": Key(_OPT_LIST, None, "only restore variables whose name contains one of these"),
     "exclude_restore_scopes": Key(_OPT_LIST, None, "skip variables whose name contains one of these"),

@@ -1,4 +1,5 @@
 """Config loading: original recipes read with their values; unknown keys and wrong types are named."""
+import math
 import os
 
 import pytest
@@ -162,11 +163,29 @@ def test_ignored_original_keys_are_accepted_and_reported(caplog):
     from probface_tf.config_schema import SCHEMA
 
     ignored = sorted(k for k, spec in SCHEMA.items() if spec.ignored)
-    assert ignored == ["learning_rate_strategy", "num_gpus", "s_wd_alpha", "s_wd_type", "uncertainty_module"]
+    assert ignored == ["num_gpus", "s_wd_alpha", "s_wd_type", "uncertainty_module"]
     assert all(SCHEMA[k].doc.startswith("ignored") for k in ignored)
     with caplog.at_level("WARNING", logger="probface_tf.config"):
         load_config("configs/resface64s2m_msarcface.py")
     assert "s_wd_alpha, s_wd_type have no effect" in caplog.text
+
+
+def test_cosine_and_linear_strategies_and_several_roots_load_and_drive_the_learning_rate(tmp_path):
+    from probface_tf.train.schedule import learning_rate_for
+
+    path = tmp_path / "cosine.py"
+    path.write_text("learning_rate_strategy = 'cosine'\n"
+                    "learning_rate_schedule = {'initial': 0.1, 'interval': 10, 'end_step': 100}\n"
+                    "train_dataset_path = ['a', 'b']\n")
+    cfg = load_config(str(path))
+    assert cfg.train_dataset_path == ["a", "b"]
+    assert learning_rate_for(25, cfg) == pytest.approx(0.05 * (math.cos(0.2 * math.pi) + 1))
+    linear = load_config(str(path), ["learning_rate_strategy='linear'",
+                                     "learning_rate_schedule={'initial': 0.1, 'start': 50, 'end_step': 100}"])
+    assert [learning_rate_for(s, linear) for s in (49, 75)] == [0.1, pytest.approx(0.05)]
+    path.write_text("learning_rate_strategy = 'cosine'\nlearning_rate_schedule = {0: 0.1}\n")
+    with pytest.raises(ConfigError, match="'learning_rate_schedule' with learning_rate_strategy 'cosine' must be"):
+        load_config(str(path))
 
 
 def test_missing_and_broken_files(tmp_path):

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_curve
 from probface_tf import fusion
 from probface_tf.eval.template_protocol import TemplateProtocol, TemplateProtocolError, load_protocol
 from probface_tf.eval.templates import tar_table, template_scores
+from probface_tf.methods import build_model
 from references import tiny_probface
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,10 +225,8 @@ def protocol_dir(tmp_path_factory):
     (root / "pairs.txt").write_text("".join("%s %s %d\n" % p for p in pairs))  # IJB-C style: no header, spaces
     model = _tiny_probface()
     model.save(str(root / "probface.keras"))
-    from probface_tf.baselines.models import build_baseline
-
     keras.utils.set_random_seed(1)
-    build_baseline("pcnet", image_size=(32, 32), embedding_size=8, backbone_filters=[4, 8, 8, 8],
+    build_model("pcnet", image_size=(32, 32), embedding_size=8, backbone_filters=[4, 8, 8, 8],
                    backbone_blocks=[1, 1, 1, 1]).save(str(root / "pcnet.keras"))
     return root, model
 

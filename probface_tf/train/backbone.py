@@ -45,7 +45,7 @@ from probface_tf.train.distribute import distribute_batch, first_replica, gather
 from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.restore import restore
-from probface_tf.train.schedule import learning_rate_at
+from probface_tf.train.schedule import learning_rate_for
 from probface_tf.train.trainer import Trainer, TrainingTask
 
 
@@ -221,7 +221,7 @@ class BackboneTask(TrainingTask):
         cfg, notes = self.cfg, []
         self.data = dataset_from_config(cfg)
         self.num_classes = _num_classes(cfg, self.data)
-        self.trainer = BackboneTrainer(cfg, self.num_classes, learning_rate_at(0, cfg.learning_rate_schedule),
+        self.trainer = BackboneTrainer(cfg, self.num_classes, learning_rate_for(0, cfg),
                                        self.strategy)
         self.model = self.trainer.backbone
         if self.trainer.replicas > 1:

@@ -27,7 +27,7 @@ from probface_tf.train.epoch_eval import evaluate_training_bins
 from probface_tf.train.feature_cache import FeatureCache
 from probface_tf.train.optimizer import make_optimizer
 from probface_tf.train.restore import restore
-from probface_tf.train.schedule import learning_rate_at
+from probface_tf.train.schedule import learning_rate_for
 from probface_tf.train.trainer import Trainer, TrainingTask
 
 
@@ -221,7 +221,7 @@ class HeadTask(TrainingTask):
         if self.method.prepare is not None:
             notes += self.method.prepare(self.model, cfg)
         if self.trains:
-            self.trainer = HeadTrainer(self.model, cfg, learning_rate_at(0, cfg.learning_rate_schedule),
+            self.trainer = HeadTrainer(self.model, cfg, learning_rate_for(0, cfg),
                                        self.strategy)
             if self.trainer.replicas > 1:
                 notes.append(f"distribute_strategy {cfg.distribute_strategy!r}: {self.trainer.replicas} replicas")

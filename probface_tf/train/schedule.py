@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 
-STRATEGIES = ("step", "cosine", "linear")
-_REQUIRED = {"cosine": ("initial", "interval", "end_step"), "linear": ("initial", "start", "end_step")}
+from probface_tf.config import STRATEGY_KEYS
+
+STRATEGIES = ("step", *STRATEGY_KEYS)
 
 
 def learning_rate_at(step: int, schedule: dict, strategy: str = "step") -> float:
@@ -22,9 +23,9 @@ def learning_rate_at(step: int, schedule: dict, strategy: str = "step") -> float
         raise ValueError(f"learning_rate_strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
     if strategy == "step":
         return _piecewise(step, schedule)
-    missing = [k for k in _REQUIRED[strategy] if k not in schedule]
+    missing = [k for k in STRATEGY_KEYS[strategy] if k not in schedule]
     if missing:
-        raise ValueError(f"learning_rate_schedule for strategy '{strategy}' needs keys {list(_REQUIRED[strategy])}, "
+        raise ValueError(f"learning_rate_schedule for strategy '{strategy}' needs keys {list(STRATEGY_KEYS[strategy])}, "
                          f"missing {missing}: {schedule!r}")
     end = schedule["end_step"]
     if step > end:

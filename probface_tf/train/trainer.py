@@ -32,7 +32,7 @@ from probface_tf.train.logs import TrainingLog, banner, create_run_dir, ensure_r
 from probface_tf.train.preflight import preflight
 from probface_tf.train.run_lock import unlock_run
 from probface_tf.train.run_record import record_resume
-from probface_tf.train.schedule import learning_rate_at
+from probface_tf.train.schedule import learning_rate_for
 
 
 class TrainingTask:
@@ -142,7 +142,7 @@ class Trainer:
                 self._flush(task, global_step)
             while global_step < stop:
                 epoch, step = divmod(global_step, cfg.epoch_size)
-                lr = learning_rate_at(global_step, cfg.learning_rate_schedule)
+                lr = learning_rate_for(global_step, cfg)
                 task.set_learning_rate(lr)
                 done = global_step
                 watch = task.step(next(batches), global_step,
