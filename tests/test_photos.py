@@ -25,6 +25,7 @@ from probface_tf.faces.photo import PhotoError, read_photo
 
 ASTRONAUT = skimage.data.astronaut()
 CAMERAMAN = np.stack([skimage.data.camera()] * 3, -1)
+DEMO_MODEL = os.path.join(os.path.dirname(__file__), "assets", "demo_probface.keras")
 
 
 def _sharpness_model() -> keras.Model:
@@ -56,6 +57,12 @@ def model(model_path):
 @pytest.fixture(scope="module")
 def astronaut_faces(model):
     return model.embed_photo(ASTRONAUT)
+
+
+@pytest.fixture(scope="module")
+def demo(model):
+    """The demo's trained ProbFace model (tests/assets/README.md), with the same detector."""
+    return pf.load(DEMO_MODEL, detector=model.detector)
 
 
 # ---------------------------------------------------------------------------------------------------- alignment
@@ -136,15 +143,17 @@ def _jpeg(image, quality=30):
     return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_UNCHANGED)
 
 
-def test_copies_of_a_photo_score_higher_than_another_person(model, astronaut_faces):
-    face = astronaut_faces[0]
-    other = model.embed_photo(CAMERAMAN)
+def test_copies_of_a_photo_score_higher_than_another_person(demo):
+    """The demo model (trained on synthetic faces only) still ranks the astronaut's mirrored, rotated and
+    JPEG-recompressed copies above the cameraman (measured: FastMLS -0.38 / -0.03 / -0.05 against -2.16)."""
+    face = demo.embed_photo(ASTRONAUT)[0]
+    other = demo.embed_photo(CAMERAMAN)
     assert len(other) == 1
-    unrelated = model.compare(face, other[0])
+    unrelated = demo.compare(face, other[0])
     assert unrelated.decision is None and "no calibration" in unrelated.note
     for copy in (ASTRONAUT[:, ::-1], _rotated(ASTRONAUT, 12), _jpeg(ASTRONAUT)):
-        same = model.compare(face, model.embed_photo(copy)[0])
-        assert same.fastmls > unrelated.fastmls + 0.5 and same.cosine > unrelated.cosine
+        same = demo.compare(face, demo.embed_photo(copy)[0])
+        assert same.fastmls > unrelated.fastmls + 1.0 and same.cosine > unrelated.cosine
     # FastMLS as scoring.py defines it, from the embeddings FaceModel returned
     s = face.sigma_sq[0] + other[0].sigma_sq[0]
     cos = float(face.mu @ other[0].mu)
@@ -152,10 +161,12 @@ def test_copies_of_a_photo_score_higher_than_another_person(model, astronaut_fac
     assert unrelated.fused_sigma_sq == pytest.approx(s, rel=1e-6)
 
 
-def test_blurred_copy_has_larger_sigma_sq(model, astronaut_faces):
-    blurred = model.embed_photo(cv2.GaussianBlur(ASTRONAUT, (0, 0), 3.0))
-    assert len(blurred) == 1
-    assert blurred[0].sigma_sq[0] > 1.5 * astronaut_faces[0].sigma_sq[0]
+def test_blurred_copy_has_larger_sigma_sq(demo):
+    """A heavily blurred copy of the aligned face gets a larger sigma^2 from the demo model (measured 0.565
+    against 0.520)."""
+    face = demo.embed_photo(ASTRONAUT)[0]
+    blurred = cv2.GaussianBlur(face.crop, (0, 0), 6.0)
+    assert demo.embed(blurred)["sigma_sq"][0, 0] > face.sigma_sq[0] + 0.02
 
 
 def test_embed_takes_raw_crops_or_preprocessed_images(model, astronaut_faces):
