@@ -157,3 +157,20 @@ def test_folded_inference_model_keeps_a_stage_output_head():
     ref, got = predict(model, x), predict(folded, x)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], atol=2e-6)
+
+
+def test_head_on_the_images_as_the_original_allows():
+    """uncertainty_module_input = 'images': fc1 reads the flattened H*W*3 input (slim.flatten in the original),
+    the head's sigma^2 is the UncertaintyModule applied to the images, and BN folding keeps it on the images."""
+    from probface_tf.models.inference import fold_batch_norm
+
+    rng = np.random.default_rng(9)
+    model = build_probface(**TINY, uncertainty_module_input="images")
+    head = head_of(model)
+    assert tuple(head.weights[0].shape) == (32 * 32 * 3, 256)  # fc1/weights
+    x = rng.normal(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    out = predict(model, x)
+    np.testing.assert_allclose(out["log_sigma_sq"], head(x, training=False).numpy(), atol=1e-6)
+    folded = fold_batch_norm(model)
+    assert tuple(head_of(folded).input.shape[1:]) == (32, 32, 3)
+    np.testing.assert_allclose(predict(folded, x)["sigma_sq"], out["sigma_sq"], rtol=1e-6)

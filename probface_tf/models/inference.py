@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from probface_tf.models.probface import backbone_of, build_probface, head_of
+from probface_tf.models.probface import IMAGES, backbone_of, build_probface, head_of
 from probface_tf.models.resface import BackboneSpec, build_resface
 
 
@@ -67,9 +67,11 @@ def fold_batch_norm(model: keras.Model, compute_dtype: str | None = None) -> ker
 
 
 def _head_input_name(model: keras.Model) -> str:
-    """Which backbone end point feeds the head (conv_final unless configured otherwise)."""
+    """Which backbone end point feeds the head (conv_final unless configured otherwise), or the images."""
     backbone = backbone_of(model)
     head_input = head_of(model).input
+    if tuple(head_input.shape) == tuple(model.input.shape):
+        return IMAGES
     for name, tensor in backbone.output.items():
         if tensor.shape == head_input.shape and name != "mu":
             return name

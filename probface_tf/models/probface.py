@@ -8,20 +8,22 @@ from probface_tf.models.spec import ModelSpec
 from probface_tf.models.uncertainty import SCOPE as HEAD_SCOPE, UncertaintyModule
 
 OUTPUT_KEYS = ("mu", "log_sigma_sq", "sigma_sq")
+IMAGES = "images"  # uncertainty_module_input: the head reads the (preprocessed) image itself, as the original allows
 
 
 def attach_backbone(spec: ModelSpec, backbone: keras.Model | None = None, error=ValueError):
     """The model's image input, the backbone and its end points on that input. The backbone is built from
-    ``spec`` unless given; ``spec.head_input`` must name an end point (``error`` is raised otherwise)."""
+    ``spec`` unless given; ``spec.head_input`` must name an end point or ``'images'`` (``error`` otherwise).
+    With ``'images'`` the end points also hold the image input under that name."""
     if backbone is None:
         arch = backbone_spec(spec.embedding_network, spec.backbone_filters, spec.backbone_blocks)
         backbone = build_resface(arch, spec.image_size, spec.embedding_size, spec.keep_prob)
-    if spec.head_input not in backbone.output:
+    if spec.head_input not in backbone.output and spec.head_input != IMAGES:
         raise error(f"uncertainty_module_input {spec.head_input!r} is not a backbone end point; "
-                    f"choose one of {sorted(backbone.output)}")
+                    f"choose one of {sorted(backbone.output) + [IMAGES]}")
     backbone.trainable = not spec.freeze_backbone
     images = keras.Input(backbone.input.shape[1:], name="images")
-    return images, backbone, backbone(images)
+    return images, backbone, {**backbone(images), IMAGES: images}
 
 
 def probface_model(spec: ModelSpec, backbone: keras.Model | None = None, name: str = "ProbFace") -> keras.Model:

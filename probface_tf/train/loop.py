@@ -19,7 +19,7 @@ from probface_tf.export import export_saved_model
 from probface_tf.methods import HEAD_STAGE, get_method, model_from_config
 from probface_tf.methods.probface import discriminative_metric  # noqa: F401 - its former home
 from probface_tf.models.inference import fold_backbone
-from probface_tf.models.probface import backbone_of, head_of
+from probface_tf.models.probface import IMAGES, backbone_of, head_of
 from probface_tf.train.checkpoints import save_keras
 from probface_tf.train.checks import finite_values
 from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, run
@@ -58,7 +58,7 @@ class HeadTrainer:
         self._apply = tf.function(lambda g, u: run(self.strategy, self._commit, (g, u)), reduce_retracing=True)
 
     def features(self, images):
-        end_points = self.feature_backbone(images, training=False)
+        end_points = {**self.feature_backbone(images, training=False), IMAGES: images}
         return end_points[self.cfg.uncertainty_module_input], end_points["mu"]
 
     @property
