@@ -194,7 +194,8 @@ def _bins(labels, echo) -> None:
         print("wrote %s (decision thresholds for probface verify)" % os.path.join(out, "calibration.json"),
               file=sys.stderr)  # stdout ends with the summary table
     else:
-        evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo)
+        evaluate_methods(models, paths, out, FLAGS.batch_size, FLAGS.fusion, FLAGS.save_scores, FLAGS.plots, echo,
+                         FLAGS.sigma_dims)
 
 
 def _templates(labels, echo) -> None:

@@ -39,7 +39,8 @@ def test_demo_writes_every_stage_and_its_summary(run):
     run_dir = run["run_dir"]
     for path in ("backbone/backbone.keras", "head/model.keras", "head/saved_model/1500/saved_model.pb",
                  "eval/results.json", "eval/synth_val/scores.npz", "eval/sigma_vs_severity.png",
-                 "eval/synth_val_reject_verification.png", "demo_results.json"):
+                 "eval/synth_val_reject_verification.png", "demo_results.json", "identification/results.json",
+                 "identification/results.md", "identification/protocol/gallery.csv"):
         assert os.path.exists(os.path.join(run_dir, path)), path
     with open(os.path.join(run_dir, "demo_results.json"), encoding="utf-8") as f:
         assert json.load(f) == json.loads(json.dumps(run["summary"]))
@@ -61,3 +62,13 @@ def test_demo_claims_hold_on_held_out_identities(run, tmp_path_factory):
     assert bands[0]["cosine_accuracy"] > bands[-1]["cosine_accuracy"] + 0.2
     # the reject table's first row is the plain 10-fold cosine accuracy
     assert rejected["0.0"] == pytest.approx(summary["cosine_accuracy"])
+
+
+def test_demo_identifies_held_out_identities_better_than_chance(run):
+    """The demo's open-set 1:N run: half of the held-out identities enrolled; rank-1 well above chance and the
+    riskiest-probe rejection rows at least as good as keeping every probe."""
+    ident = run["summary"]["identification"]
+    rows, protocol = ident["rows"], ident["protocol"]
+    chance = 1.0 / protocol["gallery_identities"]
+    assert rows["fastmls"]["rank1"] > 3 * chance and rows["cosine"]["rank1"] > 3 * chance
+    assert rows["fastmls_reject30"]["rank1"] >= rows["fastmls"]["rank1"] - 0.02

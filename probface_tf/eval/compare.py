@@ -193,7 +193,7 @@ def comparison_figures(results_by_method: dict, out_dir: str) -> dict:
 
 
 def evaluate_methods(models, paths, out_dir: str, batch_size: int = 128, fusion: str = "max",
-                     save_scores: bool = False, plots: bool = True, echo=print) -> dict:
+                     save_scores: bool = False, plots: bool = True, echo=print, sigma_dims: str = "full") -> dict:
     """Evaluate every model (``LoadedModel`` with a unique ``label``) on every .bin; write each model's outputs
     into ``out_dir/<folder>/`` and the comparison into ``out_dir``. Returns {label: [dataset results]}."""
     labels = [model.name for model in models]
@@ -202,7 +202,7 @@ def evaluate_methods(models, paths, out_dir: str, batch_size: int = 128, fusion:
     folders = folder_names(labels)
     per_model = [[] for _ in models]
     for path in paths:  # dataset-major: one decode of each .bin serves every model
-        for k, evaluated in enumerate(evaluate_bin_models(models, path, batch_size, fusion)):
+        for k, evaluated in enumerate(evaluate_bin_models(models, path, batch_size, fusion, sigma_dims=sigma_dims)):
             per_model[k].append(evaluated)
     results_by_method = {}
     for model, folder, evaluated in zip(models, folders, per_model):

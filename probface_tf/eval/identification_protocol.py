@@ -22,7 +22,7 @@ import numpy as np
 
 from probface_tf.eval import identification as ident
 from probface_tf.eval.extraction import extract_files
-from probface_tf.eval.report import markdown_table, write_json
+from probface_tf.eval.report import atomic_open, markdown_table, write_json
 from probface_tf.eval.template_protocol import read_template_list
 from probface_tf.fusion import fuse_templates
 from probface_tf.search.decision import calibrate
@@ -133,7 +133,8 @@ def plot_det(scored: dict, path: str) -> str | None:
     ax.set_title("open-set identification (DET)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -151,7 +152,7 @@ def run_identification(model, protocol: IdentificationProtocol, out: str, batch_
     text = results_markdown(protocol.name, result["rows"])
     if plots and plot_det(scored, os.path.join(out, "det.png")):
         text += "\n![DET](det.png)\n"
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(out, "results.md")) as f:
         f.write(text)
     echo(text)
     return result

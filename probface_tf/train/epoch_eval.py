@@ -34,7 +34,8 @@ def evaluate_training_bins(model, cfg, cosine_line: bool = False):
         return
     loaded = wrap_keras_model(model, cfg)  # BN-folded inference copy of the current weights
     for path in paths:
-        result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size)
+        # as the original training script: a D-dim sigma^2 is read the way its verification_risk.py reads it
+        result, _, _ = evaluate_bin(loaded, path, cfg.eval_batch_size, sigma_dims="original")
         lines, scalars = [], {}
         if cosine_line:
             cosine = result["verification"]["cosine"]
