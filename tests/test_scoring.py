@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics.pairwise import cosine_similarity
 
-from probface_tf import scoring
+from probface_tf import pair_uncertainty, scoring
 
 
 def _unit(rng, n, d):
@@ -161,22 +161,22 @@ def test_fusion_methods():
     expected = {"max": [3, 4, 0.5], "sum": [4, 6, 1], "min": [1, 2, 0.5], "mean": [2, 3, 0.5],
                 "harmonic": [1.5, 8 / 3, 0.5]}
     for method, values in expected.items():
-        np.testing.assert_allclose(scoring.fuse_uncertainty(u1, u2, method), values)
+        np.testing.assert_allclose(pair_uncertainty.fuse_uncertainty(u1, u2, method), values)
     with pytest.raises(scoring.ScoringError, match="unknown uncertainty fusion 'median'"):
-        scoring.fuse_uncertainty(u1, u2, "median")
+        pair_uncertainty.fuse_uncertainty(u1, u2, "median")
 
 
 def test_image_uncertainty_harmonic_for_ddim(rng):
     s = rng.uniform(0.01, 1, (4, 6))
     expected = [len(row) / sum(1 / (v + 1e-6) for v in row) for row in s]
-    np.testing.assert_allclose(scoring.image_uncertainty(s), expected, rtol=1e-12)
-    np.testing.assert_array_equal(scoring.image_uncertainty(s[:, :1]), s[:, 0])
+    np.testing.assert_allclose(pair_uncertainty.image_uncertainty(s), expected, rtol=1e-12)
+    np.testing.assert_array_equal(pair_uncertainty.image_uncertainty(s[:, :1]), s[:, 0])
 
 
 def test_pair_uncertainty_uses_bin_layout():
     sigma = np.array([[0.1], [0.5], [0.7], [0.2]], np.float32)
-    np.testing.assert_allclose(scoring.pair_uncertainty(sigma, "max"), [0.5, 0.7])
-    np.testing.assert_allclose(scoring.pair_uncertainty(sigma, "sum"), [0.6, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(pair_uncertainty.pair_uncertainty(sigma, "max"), [0.5, 0.7])
+    np.testing.assert_allclose(pair_uncertainty.pair_uncertainty(sigma, "sum"), [0.6, 0.9], rtol=1e-6)
 
 
 def test_split_features_original_widths(rng):
@@ -205,6 +205,6 @@ def test_bad_shapes_name_the_inputs(rng):
     with pytest.raises(scoring.ScoringError, match="2-D"):
         scoring.cosine_scores(a[0], a[1])
     with pytest.raises(scoring.ScoringError, match="even number of rows"):
-        scoring.pair_rows(np.ones((5, 2)))
+        pair_uncertainty.pair_rows(np.ones((5, 2)))
     with pytest.raises(ValueError):  # ScoringError is a ValueError
         scoring.mls_scores(a, np.ones((4, 1)), a, np.ones((4, 1)))

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from probface_tf import scoring
+from probface_tf import pair_uncertainty, scoring
 from probface_tf.eval import report, risk
 from probface_tf.eval.extraction import EvaluationError, extract_bin, image_pipeline  # noqa: F401 - public here
 from probface_tf.eval.report import PERCENTILES
@@ -28,11 +28,11 @@ REJECT_COMBOS = (("cosine", "max"), ("cosine", "sum"), ("mls", "sum"), ("mls", "
 def pair_score_arrays(mu, sigma_sq) -> dict:
     """Per-pair scores of the .bin layout (pair k = rows 2k, 2k+1): cosine, and fastmls (1-d sigma) or mls
     (D-dim sigma) with their attention-only variant."""
-    mu1, mu2 = scoring.pair_rows(mu)
+    mu1, mu2 = pair_uncertainty.pair_rows(mu)
     out = {"cosine": scoring.cosine_scores(mu1, mu2)}
     kind = scoring.uncertainty_kind(sigma_sq)
     if kind != "none":
-        s1, s2 = scoring.pair_rows(np.asarray(sigma_sq).reshape(len(mu), -1))
+        s1, s2 = pair_uncertainty.pair_rows(np.asarray(sigma_sq).reshape(len(mu), -1))
         out[kind] = scoring.probabilistic_scores(mu1, s1, mu2, s2)
         out["attention_only"] = scoring.probabilistic_scores(mu1, s1, mu2, s2, attention_only=True)
     return out
@@ -86,9 +86,9 @@ def evaluate_features(mu, sigma_sq, issame, name: str = "", fusion: str = "max",
     arrays = {"issame": issame, **{k: v for k, v in scores.items() if k != "attention_only"}}
     if kind == "none":
         return result, arrays
-    u1, u2 = scoring.pair_rows(scoring.image_uncertainty(sigma_sq))
-    fused = (scoring.fuse_uncertainty(sigma_sq[0::2], sigma_sq[1::2], fusion) if original_ddim
-             else scoring.fuse_uncertainty(u1, u2, fusion))
+    u1, u2 = pair_uncertainty.pair_rows(pair_uncertainty.image_uncertainty(sigma_sq))
+    fused = (pair_uncertainty.fuse_uncertainty(sigma_sq[0::2], sigma_sq[1::2], fusion) if original_ddim
+             else pair_uncertainty.fuse_uncertainty(u1, u2, fusion))
     column = "sigma_sq" if gaussian else "uncertainty"
     arrays.update({column + "_1": sigma_sq[0::2], column + "_2": sigma_sq[1::2]})
     result.update(
@@ -96,7 +96,7 @@ def evaluate_features(mu, sigma_sq, issame, name: str = "", fusion: str = "max",
         sigma_sq_percentiles=[float(p) for p in risk.legacy_percentile(sigma_sq, PERCENTILES)],
         risk=[row.to_dict() for row in risk.risk_controlled_table(
             {k: scores[k] for k in ("cosine", kind) if k in scores}, issame, fused)],
-        reject_fnmr=risk.reject_error_table(scores["cosine"], issame, scoring.fuse_uncertainty(u1, u2, "max"))
+        reject_fnmr=risk.reject_error_table(scores["cosine"], issame, pair_uncertainty.fuse_uncertainty(u1, u2, "max"))
         .to_dict(),
         reject_verification=_reject_verification(scores, kind, issame, u1, u2, rejected_portions, fars))
     return result, arrays
@@ -111,7 +111,7 @@ def _reject_verification(scores, kind, issame, u1, u2, rejected_portions, fars) 
         if distance not in scores:  # a non-Gaussian uncertainty has no MLS score
             continue
         combo = "%s+%s" % (distance, fusion)
-        curve = risk.reject_verification_curves(scores[distance], issame, scoring.fuse_uncertainty(u1, u2, fusion),
+        curve = risk.reject_verification_curves(scores[distance], issame, pair_uncertainty.fuse_uncertainty(u1, u2, fusion),
                                                 rejected_portions, fars)
         curves[combo] = curve
         areas[combo] = {far: float(auc(rejected_portions, tars)) for far, tars in curve.items()}
