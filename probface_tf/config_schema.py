@@ -105,8 +105,9 @@ SCHEMA: dict[str, Key] = {
     "data_workers": Key((int,), 0, "parallel decode calls (0 = tf.data AUTOTUNE)"),
     "export_saved_model": Key((bool,), True, "export a SavedModel at each epoch end"),
     # ---- stage 1 (backbone training) ----
-    "margin_loss": Key((str,), "arcface", "'arcface', 'cosface', 'scaleface' or 'softmax'",
-                       ("arcface", "cosface", "scaleface", "softmax")),
+    # Method names are checked by the registry (probface_tf.methods), so a new method needs no edit here.
+    "margin_loss": Key((str,), "arcface", "a stage-1 margin head of the method registry: 'arcface', 'cosface', "
+                       "'scaleface', 'softmax', ..."),
     "margin_s": Key(_NUM, 64.0, "softmax scale s"),
     "margin_m": Key(_NUM, 0.5, "angular (ArcFace) or cosine (CosFace) margin m"),
     "uniform_loss_weight": Key(_NUM, 0.0, "weight of the UniformFace term on class centres (0 = off)"),
@@ -117,8 +118,8 @@ SCHEMA: dict[str, Key] = {
     "backbone_config": Key((dict,), None, "nested stage-1 recipe for 'demo' runs"),
     "head_config": Key((dict,), None, "nested head recipe overrides for 'demo' runs"),
     # ---- baselines ----
-    "head_type": Key((str,), "probface", "'probface', 'pcnet', 'idq', 'mc_dropout'",
-                     ("probface", "pcnet", "idq", "mc_dropout")),
+    "head_type": Key((str,), "probface", "an uncertainty method of the method registry: 'probface', 'pcnet', "
+                     "'idq', 'mc_dropout', ..."),
     "pc_loss_type": Key((str,), "L2", "PCNet regression form", ("L2", "L1")),
     "idq_target": Key((str,), "soft", "IDQ target form", ("soft", "hard")),
     "idq_s": Key(_NUM, 16.0, "IDQ sigmoid scale"),

@@ -3,6 +3,7 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 
 from probface_tf import demo
@@ -170,3 +171,40 @@ def test_original_recipes_build_on_their_own_base_model(name):
     head = model.get_layer("UncertaintyModule")
     assert head.input.shape[-1] == width
     assert model.output["sigma_sq"].shape[-1] == cfg.uncertainty_module_output_size
+
+
+@pytest.fixture(scope="module")
+def identity_folder(tmp_path_factory):
+    """8 identities x 4 random 32x32 images: enough for one class-balanced batch of the original sampler."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("recipe_step") / "faces"
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        os.makedirs(root / f"{i:03d}")
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i:03d}" / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_RECIPES))
+def test_original_recipes_run_one_step_from_their_base_model(name, identity_folder, tmp_path):
+    """Each original recipe, shrunk (32x32, one block per stage) and given a base model of its own backbone,
+    restores it, runs one training step of the head and changes only the head."""
+    from probface_tf.methods import model_from_config
+    from probface_tf.models.probface import backbone_of, head_of
+    from probface_tf.train.loop import train
+
+    small = [f"log_base_dir={str(tmp_path / 'log')!r}", "image_size=[32, 32]", "backbone_blocks=[1, 1, 1, 1]",
+             f"train_dataset_path={str(identity_folder)!r}", "test_data_dir_mx=None", "batch_size=8",
+             "epoch_size=1", "num_epochs=1", "export_saved_model=False", "feature_cache=False"]
+    base = model_from_config(load_config(os.path.join(CONFIGS, name + ".py"), small))
+    base.save(str(tmp_path / "base.keras"))
+    cfg = load_config(os.path.join(CONFIGS, name + ".py"),
+                      small + [f"restore_model={str(tmp_path / 'base.keras')!r}"])
+    result = train(cfg, max_steps=1, evaluate_each_epoch=False)
+    assert result["global_step"] == 1
+    trained = result["model"]
+    for before, after in zip(backbone_of(base).weights, backbone_of(trained).weights):
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    assert any(not np.array_equal(b.numpy(), a.numpy()) for b, a in zip(head_of(base).weights, head_of(trained).weights))

@@ -129,3 +129,22 @@ def test_trainer_runs_resumes_and_stops_on_non_finite_losses(tmp_path):
                                                  r".*ckpt-3"):
         trainer.run()
     assert tf.train.latest_checkpoint(str(tmp_path / "nan" / "checkpoints")).endswith("ckpt-3")
+
+
+def test_a_new_method_needs_only_its_module_and_a_recipe():
+    """A method registered from outside the package is accepted by the config and built by name; nothing in
+    config.py lists method names any more."""
+    from probface_tf.methods import registry, model_from_config
+
+    probface = get_method("probface")
+    register_method(Method(name="probface_copy", stage=HEAD_STAGE, summary="the ProbFace head under a new name",
+                           build_model=probface.build_model, loss=probface.loss, uncertainty=probface.uncertainty))
+    try:
+        cfg = from_dict({"head_type": "probface_copy", "image_size": [32, 32], "embedding_size": 8,
+                         "backbone_filters": [4, 8, 8, 8], "backbone_blocks": [1, 1, 1, 1]})
+        model = model_from_config(cfg)
+        assert set(model.output) >= {"mu", "sigma_sq"}
+        with pytest.raises(MethodError, match="head_type must be one of .*'probface_copy'.* got 'no_such'"):
+            model_from_config(cfg.replace(head_type="no_such"))
+    finally:
+        registry._REGISTRY.pop("probface_copy")

@@ -31,8 +31,10 @@ def check_inputs(cfg) -> list[str]:
     problems, warnings = [], []
     if not cfg.train_dataset_path:
         problems.append("config key 'train_dataset_path' is not set")
-    elif not os.path.exists(os.path.expanduser(cfg.train_dataset_path)):
-        problems.append(f"config key 'train_dataset_path': not found: {cfg.train_dataset_path}")
+    else:
+        roots = cfg.train_dataset_path if isinstance(cfg.train_dataset_path, (list, tuple)) else [cfg.train_dataset_path]
+        problems += [f"config key 'train_dataset_path': not found: {root}" for root in roots
+                     if not os.path.exists(os.path.expanduser(root))]
     if cfg.restore_model:
         path = os.path.expanduser(cfg.restore_model)
         if not (os.path.exists(path) or os.path.isfile(path + ".index")):  # a file, a run dir or a ckpt prefix
