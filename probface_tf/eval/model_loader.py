@@ -12,7 +12,6 @@ sigma_sq is evaluated with cosine only.
 """
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -102,6 +101,7 @@ def _load_saved_model(path: str) -> LoadedModel:
     import tensorflow as tf
 
     from probface_tf.export import resolve_export
+    from probface_tf.export.saved_model import read_metadata
 
     try:
         path = resolve_export(path)
@@ -132,21 +132,11 @@ def _load_saved_model(path: str) -> LoadedModel:
 
     model = LoadedModel(call, (shape[1], shape[2]), has_sigma, "saved_model", path,
                         sigma_note="" if has_sigma else "the SavedModel has no sigma_sq output")
-    metadata = model.metadata = _export_metadata(loaded, path)
+    metadata = model.metadata = read_metadata(loaded, path)
     if metadata and "preprocess_ops" in metadata:
         model.preprocessing = Preprocessing(metadata["preprocess_ops"], metadata.get("resize_method", "pil_bilinear"),
                                             bool(metadata.get("contrast_stretch", True)), "saved_model metadata")
     return model
-
-
-def _export_metadata(loaded, path: str) -> dict | None:
-    asset = os.path.join(path, "assets", "probface.json")
-    if os.path.isfile(asset):
-        with open(asset, encoding="utf-8") as f:
-            return json.load(f)
-    if hasattr(loaded, "metadata_json"):
-        return json.loads(loaded.metadata_json().numpy().decode("utf-8"))
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ Keras

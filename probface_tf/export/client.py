@@ -2,7 +2,6 @@
 dtypes and shapes before they reach the graph and return NumPy arrays."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -10,6 +9,7 @@ import tensorflow as tf
 
 from probface_tf.export.errors import ExportError, ExportInputError
 from probface_tf.export.publishing import list_versions
+from probface_tf.export.saved_model import read_metadata
 from probface_tf.export.signatures import COMPARE, COMPARE_ALL, FROM_IMAGE_BYTES, SERVING_DEFAULT, SIGNATURES
 
 
@@ -72,7 +72,7 @@ class ExportedModel:
     def __init__(self, path: str):
         self.path = resolve_export(path)
         self.loaded = tf.saved_model.load(self.path)
-        self.metadata = json.loads(self.loaded.metadata_json().numpy().decode("utf-8"))
+        self.metadata = read_metadata(self.loaded, self.path)
         missing = [s for s in SIGNATURES if s not in self.loaded.signatures]
         if missing:
             raise ExportError(f"{self.path} lacks the signatures {missing}; was it written by export_saved_model?")

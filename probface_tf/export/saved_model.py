@@ -6,6 +6,7 @@ atomically (``publishing``).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -52,3 +53,15 @@ def write_serving_module(module: tf.Module, export_base: str, version: int | Non
     is removed and no numeric directory is created. An existing version is an error unless ``overwrite``.
     """
     return publish_version(lambda tmp: _write_saved_model(module, tmp), export_base, version, overwrite)
+
+
+def read_metadata(loaded, path: str) -> dict | None:
+    """The ``probface.json`` metadata of a loaded SavedModel export (its asset file, else its ``metadata_json``
+    function), or None for a SavedModel that is not ours: the one reader of an export's metadata."""
+    asset = os.path.join(path, "assets", METADATA_FILE)
+    if os.path.isfile(asset):
+        with open(asset, encoding="utf-8") as f:
+            return json.load(f)
+    if hasattr(loaded, "metadata_json"):
+        return json.loads(loaded.metadata_json().numpy().decode("utf-8"))
+    return None
