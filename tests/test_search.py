@@ -95,6 +95,8 @@ def test_pruned_scan_equals_brute_force(kind, block_rows, monkeypatch):
     result = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0).search(pm, ps, 10)
     assert kept and min(kept) < 0.9
     _assert_equal_topk(result, ref)
+    chunked = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0, probe_chunk=7)
+    _assert_equal_topk(chunked.search(pm, ps, 10), ref)  # probes in chunks: the same results
 
 
 def test_cosine_topk_and_hnsw_recall():

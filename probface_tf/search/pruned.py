@@ -20,6 +20,7 @@ from probface_tf.search.topk import SearchError, block_candidates, block_scores,
 BLOCK_ROWS = 16384
 SEED_ROWS = 1024  # a small first block, scored whole, gives every probe a k-th score to prune with
 DENSE_FRACTION = 0.02  # above this share of surviving entries a block is scored whole
+PROBE_CHUNK = 256  # probes scanned together: bounds the cosine block (256 x 16k float32 = 16 MB) and its masks
 BISECTIONS = 40
 
 
@@ -38,7 +39,7 @@ class PrunedScan:
     """A gallery ``(mu [N, D], sigma_sq [N])`` held sorted by sigma_sq for exact FastMLS top-k."""
 
     def __init__(self, mu, sigma_sq, block_rows: int = BLOCK_ROWS, seed_rows: int = SEED_ROWS,
-                 dense_fraction: float = DENSE_FRACTION):
+                 dense_fraction: float = DENSE_FRACTION, probe_chunk: int = PROBE_CHUNK):
         mu = np.asarray(mu, np.float32)
         sigma_sq = np.asarray(sigma_sq, np.float32).reshape(-1)
         if len(mu) == 0:
@@ -48,7 +49,7 @@ class PrunedScan:
         self.order = np.argsort(-sigma_sq, kind="stable")  # sorted rows -> gallery rows
         self.mu = mu
         self.sorted_s, self.block_rows, self.seed_rows = sigma_sq[self.order], int(block_rows), int(seed_rows)
-        self.dense_fraction = float(dense_fraction)
+        self.dense_fraction, self.probe_chunk = float(dense_fraction), max(1, int(probe_chunk))
 
     def _survivors(self, keep, cos, start, rows, probes, probe_s, best_s):
         """Exact scores [P, w] (padded with -inf / row -1) of the entries that pass the bound cut and can still
@@ -80,8 +81,15 @@ class PrunedScan:
         return cand_s, cand_i
 
     def search(self, probe_mu, probe_s, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact FastMLS top ``k`` of every probe, probes taken ``probe_chunk`` at a time (each probe's result
+        does not depend on the others, so chunking only bounds the working memory)."""
         probes = np.asarray(probe_mu, np.float32)
         probe_s = np.asarray(probe_s, np.float64).reshape(len(probes))
+        parts = [self._search_chunk(probes[i:i + self.probe_chunk], probe_s[i:i + self.probe_chunk], k)
+                 for i in range(0, len(probes), self.probe_chunk)] or [self._search_chunk(probes, probe_s, k)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _search_chunk(self, probes: np.ndarray, probe_s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.order)
         k = min(k, n)
         best_s, best_i = np.full((len(probes), k), -np.inf), np.full((len(probes), k), -1, np.int64)
