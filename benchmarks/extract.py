@@ -4,7 +4,7 @@ Prints JSON: images/s per engine and batch size, and ratios against the TF1 grap
 Engines: the TF1 graph in a Session (baseline); the Keras model under tf.function; the same with XLA
 (jit_compile); the inference-folded model (BN folded into conv/dense weights); the folded model in bfloat16;
 the exported files of the same weights (``probface-export``): LiteRT float32 / int8 (XNNPACK) and onnxruntime
-float32 / int8 (QDQ, MLAS), int8 calibrated on ``--calibration`` images (default: the benchmark's own random
+float32 / int8 (QDQ, MLAS), int8 calibrated on ``--representative_data`` images (default: the benchmark's own random
 images). The JSON also lists the CPU's int8/bf16 instructions (VNNI, AMX), which decide what int8 can gain.
 
     python benchmarks/extract.py [--network resface64_relu] [--image_size 96] [--batches 32,128] [--repeats 3]
@@ -79,7 +79,7 @@ def main(argv=None):
     parser.add_argument("--image_size", type=int, default=96)
     parser.add_argument("--batches", default="32,128")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--calibration", default=None, help=".npy of preprocessed faces for the int8 engines")
+    parser.add_argument("--representative_data", default=None, help=".npy of preprocessed faces for the int8 engines")
     args = parser.parse_args(argv)
     side = args.image_size
     rng = np.random.default_rng(0)
@@ -90,7 +90,7 @@ def main(argv=None):
         graph.save(os.path.join(tmp, "ckpt"), global_step=0)
         model = load_tf1_checkpoint(tmp)
     files = tempfile.TemporaryDirectory()
-    calibration = np.load(args.calibration) if args.calibration else rng.normal(0, 1, (64, side, side, 3))
+    calibration = np.load(args.representative_data) if args.representative_data else rng.normal(0, 1, (64, side, side, 3))
     exported, unavailable = _file_engines(model, files.name, calibration.astype(np.float32))
     folded = fold_batch_norm(model)
     folded_bf16 = fold_batch_norm(model, compute_dtype="bfloat16")
