@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from probface_tf.calibration import Calibration
 from probface_tf.config import from_dict
 from probface_tf.data.ensure import ensure_synthetic
 from probface_tf.data.identification_protocol import write_identification_protocol
@@ -134,6 +135,8 @@ def evaluate_demo(export_base: str, bin_path: str, severity_path: str, out_dir: 
     result = evaluate_bins(model, [bin_path], out_dir=out_dir, batch_size=cfg.eval_batch_size, save_scores=True)[0]
     with np.load(os.path.join(out_dir, result["name"], "scores.npz")) as npz:
         scores = dict(npz)
+    # as evaluate.py does: the decision thresholds for pf.load(..., calibration=...) and probface verify
+    Calibration.from_score_arrays([scores], result["name"]).save(os.path.join(out_dir, "calibration.json"))
     severity = np.load(severity_path)
     summary = summarize(result, scores, severity)
     sigma_sq = image_sigma_sq(scores, len(severity))

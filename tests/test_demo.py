@@ -38,7 +38,7 @@ def run(tmp_path_factory):
 def test_demo_writes_every_stage_and_its_summary(run):
     run_dir = run["run_dir"]
     for path in ("backbone/backbone.keras", "head/model.keras", "head/saved_model/1500/saved_model.pb",
-                 "eval/results.json", "eval/synth_val/scores.npz", "eval/sigma_vs_severity.png",
+                 "eval/results.json", "eval/calibration.json", "eval/synth_val/scores.npz", "eval/sigma_vs_severity.png",
                  "eval/synth_val_reject_verification.png", "demo_results.json", "identification/results.json",
                  "identification/results.md", "identification/protocol/gallery.csv"):
         assert os.path.exists(os.path.join(run_dir, path)), path
