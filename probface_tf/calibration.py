@@ -12,10 +12,11 @@ the ``1 - r`` quantile of the evaluated pairs' fused sigma^2.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from probface_tf.atomic import atomic_open
 
 FMRS = (1e-2, 1e-3, 1e-4)
 REJECT_FRACTIONS = (0.1, 0.2, 0.3)
@@ -104,10 +105,8 @@ class Calibration:
                                    f"calibration.json evaluate.py writes") from None
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path) as f:
             json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "Calibration":

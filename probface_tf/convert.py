@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from probface_tf.atomic import save_model
 from probface_tf.cli_support import fail_cleanly
 from probface_tf.models.resface import BackboneSpec, STAGE_NAMES, conv_final_size, tf1_variable_map
 from probface_tf.models.probface import backbone_of, build_probface, head_of
@@ -253,14 +254,7 @@ def convert(checkpoint: str, out: str, config: str | None = None, allow_missing_
         raise CheckpointError(f"--out {out} is a folder; give a .keras file path")
     cfg = load_config(config) if config else None
     model = load_tf1_checkpoint(checkpoint, cfg, allow_missing_head=allow_missing_head)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out[: -len(".keras")] + ".partial.keras"  # Keras insists on the suffix
-    try:
-        model.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_model(model, out)
 
 
 def run(argv=None) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 
 from probface_tf.eval import identification as ident
 from probface_tf.eval.extraction import extract_files
-from probface_tf.eval.report import atomic_open, markdown_table, write_json
+from probface_tf.atomic import atomic_open
+from probface_tf.eval.report import markdown_table, write_json
 from probface_tf.eval.template_protocol import read_template_list
 from probface_tf.fusion import fuse_templates
 from probface_tf.search.decision import calibrate

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from probface_tf.eval.report import atomic_open
+from probface_tf.atomic import atomic_open
 
 
 def _save(fig: Figure, path: str) -> str:

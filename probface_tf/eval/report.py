@@ -5,12 +5,12 @@ A dataset result is the plain dict built by ``probface_tf.eval.runner.evaluate_f
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 
 import numpy as np
+
+from probface_tf.atomic import atomic_open
 
 PERCENTILES = [0, 10, 30, 50, 70, 90, 100]
 # README column order and titles for the known .bin names; other names follow in the order evaluated.
@@ -134,21 +134,6 @@ def _jsonable(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w"):
-    """Write ``path`` through a temporary sibling renamed over it once complete: a full disk or a crash leaves
-    the previous file (or none), never a truncated one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from probface_tf.fusion import FusionError, fuse_template
 from probface_tf.search.index import BandedIndex
 from probface_tf.search.pruned import PrunedScan
+from probface_tf.atomic import atomic_open
 from probface_tf.search.topk import SearchError, check_score, exact_topk
 
 FORMAT = "probface-gallery"
@@ -157,20 +157,9 @@ class Gallery:
         """Write atomically: temporary file in the same folder, fsync, rename over ``path``."""
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "dim": self.dim, "model_id": self.model_id,
                 "thresholds": self.thresholds}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gallery-", suffix=".npz.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), labels=np.array(self.labels, dtype=str),
-                         mu=self.mu, sigma_sq=self.sigma_sq, counts=self.counts)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), labels=np.array(self.labels, dtype=str),
+                     mu=self.mu, sigma_sq=self.sigma_sq, counts=self.counts)
 
     @classmethod
     def load(cls, path: str) -> "Gallery":

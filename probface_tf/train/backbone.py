@@ -39,7 +39,7 @@ from probface_tf.models.heads import BACKBONE_FILE, SCALE_HEAD_FILE, ScaleHead, 
     uniform_loss
 from probface_tf.models.probface import build_probface
 from probface_tf.models.resface import backbone_spec, build_resface
-from probface_tf.train.checkpoints import save_keras
+from probface_tf import atomic
 from probface_tf.train.checks import finite_values
 from probface_tf.train.distribute import distribute_batch, first_replica, gather, replica_sum, run
 from probface_tf.train.epoch_eval import evaluate_training_bins, training_bin_paths
@@ -184,9 +184,9 @@ def save_models(trainer: BackboneTrainer, run_dir: str) -> list[str]:
     synchronized = trainer.replicas > 1 and trainer.cfg.sync_batch_norm
     trainer.set_batch_norm_sync(False)
     try:
-        paths = [save_keras(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
+        paths = [atomic.save_model(trainer.backbone, os.path.join(run_dir, BACKBONE_FILE))]
         if trainer.scale_head is not None:
-            paths.append(save_keras(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
+            paths.append(atomic.save_model(trainer.scale_model(), os.path.join(run_dir, SCALE_HEAD_FILE)))
     finally:
         trainer.set_batch_norm_sync(synchronized)
     return paths

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-import keras
 import tensorflow as tf
 
 CHECKPOINT_DIR = "checkpoints"
@@ -43,9 +42,3 @@ class Checkpoints:
         return self.manager.save(checkpoint_number=global_step)
 
 
-def save_keras(model: keras.Model, path: str) -> str:
-    """``model.save(path)`` through a temporary name: never a half-written file under the final name."""
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path

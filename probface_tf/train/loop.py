@@ -20,7 +20,7 @@ from probface_tf.methods import HEAD_STAGE, get_method, model_from_config
 from probface_tf.methods.probface import discriminative_metric  # noqa: F401 - its former home
 from probface_tf.models.inference import fold_backbone
 from probface_tf.models.probface import IMAGES, backbone_of, head_of
-from probface_tf.train.checkpoints import save_keras
+from probface_tf import atomic
 from probface_tf.train.checks import finite_values
 from probface_tf.train.distribute import distribute_batch, distributed_function, first_replica, gather, run
 from probface_tf.train.epoch_eval import evaluate_training_bins
@@ -194,7 +194,7 @@ def build_model(cfg) -> keras.Model:
 
 def save_model(model: keras.Model, run_dir: str, cfg, global_step: int) -> str:
     """Save the whole model (``model.keras``) and, when configured, a versioned SavedModel export."""
-    path = save_keras(model, os.path.join(run_dir, "model.keras"))
+    path = atomic.save_model(model, os.path.join(run_dir, "model.keras"))
     if cfg.export_saved_model and "sigma_sq" in model.output:  # the serving signatures need sigma_sq
         export_saved_model(model, os.path.join(run_dir, "saved_model"), version=max(global_step, 1),
                            preprocess_ops=cfg.preprocess_test, image_size=cfg.image_size,
