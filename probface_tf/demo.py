@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from probface_tf.atomic import atomic_open
 from probface_tf.calibration import Calibration
 from probface_tf.config import from_dict
 from probface_tf.data.ensure import ensure_synthetic
@@ -41,10 +42,8 @@ def mark_latest(run_dir: str) -> str:
     half-written pointer, and a failed run never replaces the previous pointer."""
     base, name = os.path.split(os.path.abspath(run_dir))
     path = os.path.join(base, LATEST_FILE)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.write(name + "\n")
-    os.replace(tmp, path)
     return path
 
 

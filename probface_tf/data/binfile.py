@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probface_tf.atomic import atomic_open
 from probface_tf.data.dataset import decode_bytes
 from probface_tf.data.errors import DatasetFormatError, UnreadableImageError, UnsafePickleError
 
@@ -236,10 +237,8 @@ def write_bin(path: str, pairs, image_format: str = "jpg", quality: int = 95, pr
         issame.append(bool(same))
     if not issame:
         raise DatasetFormatError(f"{path}: no pairs to write")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         pickle.dump((bins, issame), f, protocol=protocol)
-    os.replace(tmp, path)
     return len(issame)
 
 
