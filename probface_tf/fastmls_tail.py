@@ -16,13 +16,13 @@ to within a few ulp.
 from __future__ import annotations
 
 import ctypes
-import struct
 import threading
 import warnings
 
 import numpy as np
 
-LANES = 16
+from probface_tf.jit import IVEC, LANES, VEC, VECTOR_ATTRIBUTES, compile_functions, float_splat, int_splat
+
 # Cephes logf: log(1 + x) = x - x^2/2 + x^3 P(x) for x in [sqrt(1/2) - 1, sqrt(2) - 1]
 _LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
              -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
@@ -30,7 +30,6 @@ _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split so that e * _LN2_HI
 _SQRT_HALF_BITS = 0x3F3504F3  # float32 bits of sqrt(1/2): mantissas are mapped into [sqrt(1/2), sqrt(2))
 _TINY = np.finfo(np.float32).tiny
 
-_VEC, _IVEC = f"<{LANES} x float>", f"<{LANES} x i32>"
 _SIGNATURE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float)  # ctypes calls release the GIL
 
@@ -39,22 +38,13 @@ _SIGNATURE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_in
 # LLVM IR
 
 
-def _float_splat(value: float) -> str:
-    # LLVM IR spells a float constant as the hex of the double it widens to
-    text = "0x" + struct.pack(">d", float(np.float32(value))).hex().upper()
-    return "<" + ", ".join([f"float {text}"] * LANES) + ">"
-
-
-def _int_splat(value: int) -> str:
-    return "<" + ", ".join([f"i32 {value}"] * LANES) + ">"
-
-
-def _tail_lines(prefix: str, tile: str, a: str, b: str, with_log: bool) -> tuple[list[str], str]:
-    """IR computing the tail of one vector of entries; returns the lines and the name of the result."""
+def tail_lines(prefix: str, tile: str, a: str, b: str, with_log: bool) -> tuple[list[str], str]:
+    """IR computing the tail of one vector of entries, ``tile / (%eps.v + a + b) - log(a + b)`` (``%eps.v`` is
+    the caller's splat of the epsilon); returns the lines and the name of the result."""
     def n(name):
         return f"%{prefix}{name}"
 
-    v, iv, f = _VEC, _IVEC, _float_splat
+    v, iv, f = VEC, IVEC, float_splat
     lines = [f"{n('s')} = fadd {v} {a}, {b}",
              f"{n('den')} = fadd {v} %eps.v, {n('s')}",
              f"{n('q')} = fdiv {v} {tile}, {n('den')}"]
@@ -62,11 +52,11 @@ def _tail_lines(prefix: str, tile: str, a: str, b: str, with_log: bool) -> tuple
         return lines, n("q")
     lines += [  # s = 2^e m with m in [sqrt(1/2), sqrt(2)): shift the bits so the exponent field rounds there
         f"{n('bits')} = bitcast {v} {n('s')} to {iv}",
-        f"{n('shifted')} = sub {iv} {n('bits')}, {_int_splat(_SQRT_HALF_BITS)}",
-        f"{n('e.int')} = ashr {iv} {n('shifted')}, {_int_splat(23)}",
+        f"{n('shifted')} = sub {iv} {n('bits')}, {int_splat(_SQRT_HALF_BITS)}",
+        f"{n('e.int')} = ashr {iv} {n('shifted')}, {int_splat(23)}",
         f"{n('e')} = sitofp {iv} {n('e.int')} to {v}",
-        f"{n('m.low')} = and {iv} {n('shifted')}, {_int_splat(0x7FFFFF)}",
-        f"{n('m.bits')} = add {iv} {n('m.low')}, {_int_splat(_SQRT_HALF_BITS)}",
+        f"{n('m.low')} = and {iv} {n('shifted')}, {int_splat(0x7FFFFF)}",
+        f"{n('m.bits')} = add {iv} {n('m.low')}, {int_splat(_SQRT_HALF_BITS)}",
         f"{n('m')} = bitcast {iv} {n('m.bits')} to {v}",
         f"{n('x')} = fsub {v} {n('m')}, {f(1.0)}",
         f"{n('z')} = fmul {v} {n('x')}, {n('x')}",
@@ -95,9 +85,9 @@ def _function_ir(name: str, with_log: bool) -> str:
     """``void name(float* tile, i64 rows, i64 cols, i64 row_stride, float* a, float* b, float eps)``: every row,
     16 columns at a time, the last partial vector through a padded stack copy (b padded with 1, so its unused
     lanes stay finite)."""
-    v = _VEC
-    full, full_result = _tail_lines("f.", "%t", "%a.v", "%b", with_log)
-    part, part_result = _tail_lines("p.", "%t.pad", "%a.v", "%b.pad", with_log)
+    v = VEC
+    full, full_result = tail_lines("f.", "%t", "%a.v", "%b", with_log)
+    part, part_result = tail_lines("p.", "%t.pad", "%a.v", "%b.pad", with_log)
     full, part = "\n  ".join(full), "\n  ".join(part)
     return f"""
 define void @{name}(ptr noalias %tile, i64 %rows, i64 %cols, i64 %stride, ptr noalias %a.ptr,
@@ -137,7 +127,7 @@ tail.check:
   %any.left = icmp sgt i64 %cols.left, 0
   br i1 %any.left, label %tail, label %row.end
 tail:
-  store {v} {_float_splat(1.0)}, ptr %b.buf, align 64
+  store {v} {float_splat(1.0)}, ptr %b.buf, align 64
   store {v} zeroinitializer, ptr %t.buf, align 64
   %b.rest = getelementptr float, ptr %b.ptr, i64 %cols.full
   %t.rest = getelementptr float, ptr %row.ptr, i64 %cols.full
@@ -162,9 +152,7 @@ done:
 def module_ir() -> str:
     """The IR of both passes: ``fastmls_tail`` and ``fastmls_attention`` (no log term)."""
     return (_function_ir("fastmls_tail", True) + _function_ir("fastmls_attention", False)
-            + "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
-            # without this, CPUs tuned to prefer 256-bit vectors would split every 16-lane operation in two
-            + 'attributes #0 = { nounwind "min-legal-vector-width"="512" }\n')
+            + "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n" + VECTOR_ATTRIBUTES)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,24 +163,14 @@ _lock = threading.Lock()
 
 
 def _compile():
+    signatures = {"fastmls_tail": _SIGNATURE, "fastmls_attention": _SIGNATURE}
     try:
-        import llvmlite.binding as llvm
+        return compile_functions(module_ir(), signatures)
     except ImportError:
         return False
-    try:
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        module = llvm.parse_assembly(module_ir())
-        module.verify()
-        machine = llvm.Target.from_default_triple().create_target_machine(
-            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
-        engine = llvm.create_mcjit_compiler(module, machine)
-        engine.finalize_object()
     except RuntimeError as err:  # an llvmlite whose LLVM cannot read this IR, or no JIT for this platform
         warnings.warn(f"FastMLS tail not compiled ({err}); all-pairs FastMLS uses NumPy", RuntimeWarning)
         return False
-    functions = [_SIGNATURE(engine.get_function_address(name)) for name in ("fastmls_tail", "fastmls_attention")]
-    return (engine, *functions)  # the engine owns the machine code: keep it alive with the functions
 
 
 def kernels():

@@ -8,6 +8,7 @@ import pytest
 from probface_tf.search import BandedIndex, Gallery, GalleryError, exact_topk, fastmls_upper_bound
 from probface_tf.search import decision
 from probface_tf.search.gallery import FORMAT_VERSION
+from probface_tf.search import survivors
 from probface_tf.search.pruned import PrunedScan
 
 
@@ -82,21 +83,29 @@ def test_flat_index_with_bound_equals_brute_force(kind, bands):
 
 @pytest.mark.parametrize("kind", CASES)
 @pytest.mark.parametrize("block_rows", [64, 5000])
-def test_pruned_scan_equals_brute_force(kind, block_rows, monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_pruned_scan_equals_brute_force(kind, block_rows, compiled, monkeypatch):
+    if compiled:
+        pytest.importorskip("llvmlite")
+    else:
+        monkeypatch.setattr(survivors, "_compiled", False)  # as if llvmlite were not installed
     (pm, ps, gm, gs), ref = _reference(kind)
     kept = []
-    survivors = PrunedScan._survivors
+    real = survivors.survivors
 
-    def spy(self, keep, *args):  # the pruned path must actually run (and prune) on these galleries
-        kept.append(keep.mean())
-        return survivors(self, keep, *args)
+    def spy(cos, *args):  # the pruned path must actually run (and prune) on these galleries
+        flat = real(cos, *args)
+        kept.append(1.0 if flat is None else flat.size / cos.size)
+        return flat
 
-    monkeypatch.setattr(PrunedScan, "_survivors", spy)
+    monkeypatch.setattr(survivors, "survivors", spy)
     result = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0).search(pm, ps, 10)
     assert kept and min(kept) < 0.9
     _assert_equal_topk(result, ref)
     chunked = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=1.0, probe_chunk=7)
     _assert_equal_topk(chunked.search(pm, ps, 10), ref)  # probes in chunks: the same results
+    dense = PrunedScan(gm, gs, block_rows=block_rows, seed_rows=40, dense_fraction=0.0)
+    _assert_equal_topk(dense.search(pm, ps, 10), ref)  # every tile over the cap: scored whole
 
 
 def test_cosine_topk_and_hnsw_recall():
