@@ -26,7 +26,8 @@ from probface_tf.search.topk import SearchError, block_scores, candidate_scores,
 BLOCK_ROWS = 4096
 SEED_ROWS = 1024  # a small first block, scored whole, gives every probe a k-th score to prune with
 DENSE_FRACTION = 0.02  # above this share of surviving entries a tile is scored whole
-PROBE_CHUNK = 1024  # with BLOCK_ROWS, a 16 MB float32 cosine tile (measured fastest on 2 cores: 4096 x 256 to 8192 x 1000)
+RESCORE_CHUNK = 256  # probes whose candidates are scored exactly together (their float64 rows: ~5 MB for k = 10)
+PROBE_CHUNK = 512  # with BLOCK_ROWS, an 8 MB float32 cosine tile (tiles of 1 to 8 M entries measured alike on 2 cores)
 
 
 def score_floor(kth: np.ndarray, s1: np.ndarray, s_lo: float, s_hi: float, slack: float) -> np.ndarray:
@@ -149,7 +150,7 @@ class PrunedScan:
                 self._scan_tile(chunk, start, stop, probes, (s1, s1_32), cut, floor, tile, found)
         parts = [merge_topk(candidate_scores("fastmls", probes[c], s1[c], self.mu, self.sigma_sq, found.ids[c]),
                             found.ids[c], k)
-                 for c in (slice(p, p + self.probe_chunk) for p in range(0, len(probes), self.probe_chunk))]
+                 for c in (slice(p, p + RESCORE_CHUNK) for p in range(0, len(probes), RESCORE_CHUNK))]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _scan_tile(self, chunk: slice, start, stop, probes, probe_s, cut, floor, tile, found) -> None:
