@@ -120,7 +120,8 @@ class BandedIndex:
             flat = index if self.kind == "flat" else faiss.downcast_index(index.storage)
             cos, local = flat.search(probes, min(k, len(rows)))
         else:
-            cos, local = index.search(probes, k, params=faiss.SearchParametersHNSW(efSearch=ef))
+            index.hnsw.efSearch = ef  # an attribute, not per-call search parameters: faiss-cpu >= 1.7 has it
+            cos, local = index.search(probes, k)
         return cos, np.where(local < 0, -1, rows[np.maximum(local, 0)])
 
     def _walk(self, probes, probe_s, k: int, ef: int, score: str):
