@@ -9,9 +9,10 @@ run. ``--data random`` (default): random unit vectors, half the probes noisy cop
   when its ids and order equal the brute-force FastMLS top-10 (``exact_topk``, float64, timed as
   ``brute_force_seconds``); ``ratio_fastmls_vs_faiss_cosine`` is its time over the faiss cosine time;
 * ``fastmls_flat_seconds``: ``BandedIndex('flat')`` (faiss flat retrieval + bound), ``flat_exact`` the same check;
-* ``hnsw_*``: ``BandedIndex('hnsw', m=--hnsw_m)`` on the first ``--hnsw_n`` rows (its build is slow): build
-  time; ``hnsw_curve``, per efSearch of ``--ef``, the search time (best of two), recall@10 against the exact
-  FastMLS top-10 of the same rows and speed-up over ``PrunedScan`` on them (``fastmls_exact_seconds_at_hnsw_n``);
+* ``hnsw_*``: ``BandedIndex('hnsw', m=--hnsw_m, ef_construction=--hnsw_ef_construction)`` on the first
+  ``--hnsw_n`` rows (its build is slow): build time; ``hnsw_curve``, per efSearch of ``--ef``, the search time
+  (best of two), recall@10 against the exact FastMLS top-10 of the same rows and speed-up over ``PrunedScan`` on
+  them (``fastmls_exact_seconds_at_hnsw_n``);
   ``hnsw_ef``, ``hnsw_seconds``, ``hnsw_recall_at_10``, ``hnsw_speedup_vs_exact``: the fastest point of the curve
   with recall@10 >= 0.99 (else the largest efSearch).
 
@@ -20,7 +21,7 @@ Peak RSS is read from ``resource.getrusage`` (``gallery_bytes`` is the float32 m
 Goals: exact FastMLS <= 1.3x faiss cosine; HNSW >= 10x faster than exact with recall@10 >= 0.99.
 
     python benchmarks/search.py [--n 1000000] [--probes 1000] [--dim 256] [--threads 2] [--data embedding]
-        [--hnsw_n 200000] [--ef 32,64,128,256,512] [--hnsw_m 32] [--out FILE]
+        [--hnsw_n 200000] [--ef 32,64,128,256,512] [--hnsw_m 32] [--hnsw_ef_construction 80] [--out FILE]
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import time
 import faiss
 import numpy as np
 
-from probface_tf.search.index import HNSW_M, BandedIndex
+from probface_tf.search.index import HNSW_EF_CONSTRUCTION, HNSW_M, BandedIndex
 from probface_tf.search.pruned import PrunedScan
 from probface_tf.search.topk import exact_topk
 
@@ -106,10 +107,11 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
 
 
-def _hnsw_curve(gallery, gallery_s, query, query_s, truth, exact_seconds: float, efs, m: int) -> dict:
+def _hnsw_curve(gallery, gallery_s, query, query_s, truth, exact_seconds: float, efs, m: int,
+                ef_construction: int) -> dict:
     """Build once, then per efSearch the best of two timed searches (the machine is shared), its recall@10
     and speed-up; the reported setting is the fastest one reaching recall 0.99, else the largest efSearch."""
-    hnsw, build = _timed(lambda: BandedIndex(gallery, gallery_s, "hnsw", m=m))
+    hnsw, build = _timed(lambda: BandedIndex(gallery, gallery_s, "hnsw", m=m, ef_construction=ef_construction))
     curve = []
     for ef in efs:
         times = []
@@ -120,13 +122,15 @@ def _hnsw_curve(gallery, gallery_s, query, query_s, truth, exact_seconds: float,
                       "speedup_vs_exact": exact_seconds / min(times)})
     good = [point for point in curve if point["recall_at_10"] >= 0.99]
     best = good[0] if good else curve[-1]
-    return {"hnsw_build_seconds": build, "hnsw_m": m, "hnsw_ef": best["ef"], "hnsw_seconds": best["seconds"],
+    return {"hnsw_build_seconds": build, "hnsw_m": m, "hnsw_ef_construction": ef_construction,
+            "hnsw_ef": best["ef"], "hnsw_seconds": best["seconds"],
             "hnsw_speedup_vs_exact": best["speedup_vs_exact"], "hnsw_recall_at_10": best["recall_at_10"],
             "hnsw_curve": curve}
 
 
 def run(n: int, probes: int, dim: int, threads: int, hnsw_n: int = 200_000, skip_flat: bool = False,
-        seed: int = 0, data: str = "random", efs=EF_CURVE, hnsw_m: int = HNSW_M) -> dict:
+        seed: int = 0, data: str = "random", efs=EF_CURVE, hnsw_m: int = HNSW_M,
+        hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION) -> dict:
     faiss.omp_set_num_threads(threads)
     rng = np.random.default_rng(seed)
     make = _random if data == "random" else _embedding_like
@@ -156,7 +160,8 @@ def run(n: int, probes: int, dim: int, threads: int, hnsw_n: int = 200_000, skip
     m = min(n, hnsw_n)
     sub_ids = brute_ids if m == n else exact_topk(query, query_s, gallery[:m], gallery_s[:m], K)[1]
     _, sub_exact_seconds = _timed(lambda: PrunedScan(gallery[:m], gallery_s[:m]).search(query, query_s, K))
-    hnsw = _hnsw_curve(gallery[:m], gallery_s[:m], query, query_s, sub_ids, sub_exact_seconds, efs, hnsw_m)
+    hnsw = _hnsw_curve(gallery[:m], gallery_s[:m], query, query_s, sub_ids, sub_exact_seconds, efs, hnsw_m,
+                       hnsw_ef_construction)
     return {
         "n": n, "probes": probes, "dim": dim, "threads": threads, "k": K, "data": data,
         "faiss_cosine_seconds": cosine_seconds,
@@ -193,10 +198,12 @@ def main(argv=None) -> None:
                         help="random unit vectors, or embedding-like rows (see _embedding_like)")
     parser.add_argument("--ef", default=",".join(map(str, EF_CURVE)), help="HNSW efSearch values of the curve")
     parser.add_argument("--hnsw_m", type=int, default=HNSW_M, help="HNSW links per row")
+    parser.add_argument("--hnsw_ef_construction", type=int, default=HNSW_EF_CONSTRUCTION)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     result = run(args.n, args.probes, args.dim, args.threads, args.hnsw_n, args.skip_flat, data=args.data,
-                 efs=[int(x) for x in args.ef.split(",")], hnsw_m=args.hnsw_m)
+                 efs=[int(x) for x in args.ef.split(",")], hnsw_m=args.hnsw_m,
+                 hnsw_ef_construction=args.hnsw_ef_construction)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
