@@ -246,3 +246,17 @@ def test_open_set_decisions_from_calibrated_thresholds():
     assert out == ["identified", "unknown", "uncertain"]
     th["sigma_sq_threshold"] = None  # as read back from results.json: no risk threshold
     assert decision.decide([0.0], [9.5], th) == ["identified"]
+
+
+def test_gallery_hnsw_search_takes_its_budget_and_other_methods_refuse_it():
+    pm, ps, gm, gs = _case("wide")
+    g = Gallery(gm.shape[1], model_id="m")
+    for i in range(len(gm)):
+        g.add(f"id{i:03d}", gm[i:i + 1], gs[i:i + 1], model_id="m")
+    ref = _brute(pm, ps, g.mu, g.sigma_sq, 5)
+    # a budget of the whole gallery scans the HNSW graph's flat storage: the exact result
+    np.testing.assert_array_equal(g.search(pm, ps, 5, method="hnsw", ef_search=len(gm), model_id="m")[1], ref[1])
+    with pytest.raises(GalleryError, match="ef_search applies to method 'hnsw' only"):
+        g.search(pm, ps, 5, method="exact", ef_search=64, model_id="m")
+    with pytest.raises(GalleryError, match="ef_search must be a positive integer"):
+        g.search(pm, ps, 5, method="hnsw", ef_search=0, model_id="m")

@@ -2,7 +2,7 @@
 
     probface-gallery enrol GALLERY --model M DIR_OR_LIST [--reenrol] [--config CFG] [--batch_size 64]
     probface-gallery enrol GALLERY FEATURES.npz          # precomputed: arrays labels [n], mu [n, D], sigma_sq [n]
-    probface-gallery search GALLERY --model M PROBES... [--top 5] [--fpir 0.01] [--method exact|flat|hnsw] [--json]
+    probface-gallery search GALLERY --model M PROBES... [--top 5] [--fpir 0.01] [--method exact|flat|hnsw] [--ef_search E] [--json]
     probface-gallery calibrate GALLERY RESULTS.json [--score fastmls]   # thresholds of a 1:N evaluation run
     probface-gallery remove GALLERY LABEL...
     probface-gallery info GALLERY [--json]
@@ -135,7 +135,7 @@ def _probes(args, gallery) -> tuple[list[str], np.ndarray, np.ndarray, str]:
 def search(args, echo) -> None:
     gallery = _open(args.gallery)
     names, mu, sigma_sq, model_id = _probes(args, gallery)
-    scores, rows = gallery.search(mu, sigma_sq, args.top, args.score, args.method, model_id)
+    scores, rows = gallery.search(mu, sigma_sq, args.top, args.score, args.method, model_id, args.ef_search)
     thresholds = gallery.thresholds.get(args.score, {}).get(f"{args.fpir:g}")
     decisions = decide(scores[:, 0], sigma_sq, thresholds) if thresholds else [None] * len(names)
     results = [{"probe": name, "sigma_sq": float(s), "decision": d,
@@ -204,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fpir", type=float, default=0.01)
     p.add_argument("--score", choices=("fastmls", "cosine"), default="fastmls")
     p.add_argument("--method", choices=METHODS, default="exact")
+    p.add_argument("--ef_search", type=int, default=None,
+                   help="hnsw only: candidates per probe (default 256; larger is slower and closer to exact)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("calibrate", help="store the thresholds of a 1:N evaluation run")
     p.add_argument("gallery")

@@ -125,17 +125,20 @@ class Gallery:
     # ---------------------------------------------------------------------------------------------- search
 
     def search(self, probe_mu, probe_sigma_sq, k: int = 5, score: str = "fastmls", method: str = "exact",
-               model_id: str = "") -> tuple[np.ndarray, np.ndarray]:
+               model_id: str = "", ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [P, k'], rows [P, k']) of each probe's best k identities, k' = min(k, len(gallery)): larger
         score first, ties by row. ``method``: 'exact' (one cosine scan with bound pruning, ``PrunedScan``),
         'brute' (every score, in blocks), 'flat' (faiss flat retrieval + bound) - all three the same result - or
-        'hnsw' (faiss HNSW retrieval + bound, approximate)."""
+        'hnsw' (faiss HNSW retrieval + FastMLS re-ranking, approximate; ``ef_search`` candidates per probe,
+        default ``index.HNSW_EF_SEARCH``: larger is slower and closer to exact)."""
         check_score(score)
         self.check_model(model_id)
         if method not in METHODS:
             raise GalleryError(f"unknown search method {method!r}: use one of {METHODS}")
         if not len(self):
             raise GalleryError("the gallery is empty: enrol identities before searching")
+        if ef_search is not None and method != "hnsw":
+            raise GalleryError(f"ef_search applies to method 'hnsw' only, not {method!r}")
         probe_mu, probe_s = self._embeddings(probe_mu, probe_sigma_sq, "probes", np.float32)
         norm = np.linalg.norm(probe_mu, axis=1, keepdims=True)
         probe_mu = probe_mu / np.where(norm == 0, 1, norm)
@@ -147,7 +150,8 @@ class Gallery:
                     BandedIndex(self.mu, self.sigma_sq, method)
             if method == "exact":
                 return self._indexes[method].search(probe_mu, probe_s, k)
-            return self._indexes[method].search(probe_mu, probe_s, k, score)
+            extra = {"ef_search": ef_search} if method == "hnsw" else {}
+            return self._indexes[method].search(probe_mu, probe_s, k, score, **extra)
         except SearchError as exc:
             raise GalleryError(str(exc)) from None
 
