@@ -150,8 +150,7 @@ class Gallery:
                     BandedIndex(self.mu, self.sigma_sq, method)
             if method == "exact":
                 return self._indexes[method].search(probe_mu, probe_s, k)
-            extra = {"ef_search": ef_search} if method == "hnsw" else {}
-            return self._indexes[method].search(probe_mu, probe_s, k, score, **extra)
+            return self._indexes[method].search(probe_mu, probe_s, k, score, ef_search=ef_search)
         except SearchError as exc:
             raise GalleryError(str(exc)) from None
 

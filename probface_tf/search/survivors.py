@@ -182,7 +182,7 @@ def kernel():
 
 def usable(s1: np.ndarray, s2: np.ndarray) -> bool:
     """Whether float32 FastMLS is defined for every pair: each ``s1_i + s2_j`` a positive normal finite float32
-    (float addition is monotonic, so the extremes decide). Otherwise every entry above the cut survives."""
+    (float addition is monotonic, so the extremes decide). The exact scan scores every entry otherwise."""
     low, high = np.float32(s1.min()) + np.float32(s2.min()), np.float32(s1.max()) + np.float32(s2.max())
     return bool(low >= _TINY and np.isfinite(high))
 
@@ -207,7 +207,7 @@ def survivors(cos: np.ndarray, s1: np.ndarray, s2: np.ndarray, cut: np.ndarray, 
     """Flat indices (row-major, int64) of the entries of ``cos [R, C]`` with ``cos >= cut[i]`` and a float32
     FastMLS ``>= floor[i]``, or None when more than ``cap`` survive. ``cos`` is float32 with contiguous rows
     (a slice of a larger buffer is fine); ``s1 [R]``, ``s2 [C]``, ``cut [R]``, ``floor [R]`` contiguous float32
-    with ``usable(s1, s2)``."""
+    with ``usable(s1, s2)``. The rows are split over the CPU's cores."""
     vectors = (s1, s2, cut, floor)
     rows_ok = cos.ndim == 2 and cos.dtype == np.float32 and cos.strides[1] == 4 and cos.strides[0] % 4 == 0 \
         and cos.strides[0] >= 0
