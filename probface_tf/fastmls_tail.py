@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import warnings
 
 import numpy as np
 
-from probface_tf.jit import IVEC, LANES, VEC, VECTOR_ATTRIBUTES, compile_functions, float_splat, int_splat
+from probface_tf.jit import IVEC, LANES, VEC, VECTOR_ATTRIBUTES, compile_or_warn, float_splat, int_splat
 
 # Cephes logf: log(1 + x) = x - x^2/2 + x^3 P(x) for x in [sqrt(1/2) - 1, sqrt(2) - 1]
 _LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
@@ -164,13 +163,7 @@ _lock = threading.Lock()
 
 def _compile():
     signatures = {"fastmls_tail": _SIGNATURE, "fastmls_attention": _SIGNATURE}
-    try:
-        return compile_functions(module_ir(), signatures)
-    except ImportError:
-        return False
-    except RuntimeError as err:  # an llvmlite whose LLVM cannot read this IR, or no JIT for this platform
-        warnings.warn(f"FastMLS tail not compiled ({err}); all-pairs FastMLS uses NumPy", RuntimeWarning)
-        return False
+    return compile_or_warn(module_ir(), signatures, "FastMLS tail", "all-pairs FastMLS uses NumPy") or False
 
 
 def kernels():
@@ -182,13 +175,22 @@ def kernels():
     return _compiled or None
 
 
-def usable(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether the compiled tail applies to these sigma_sq vectors: float32, llvmlite present, and every
-    ``a_i + b_j`` a positive normal finite float32 (float addition is monotonic, so the extremes decide)."""
-    if a.dtype != np.float32 or b.dtype != np.float32 or a.size == 0 or b.size == 0:
+def normal_sums(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether every float32 ``a_i + b_j`` is a positive normal finite float32, where the exponent-bit log and
+    float32 FastMLS hold (float addition is monotonic, so the extremes decide)."""
+    if a.size == 0 or b.size == 0:
         return False
-    low, high = a.min() + b.min(), a.max() + b.max()
-    return bool(low >= _TINY and np.isfinite(high)) and kernels() is not None
+    low = np.float32(a.min()) + np.float32(b.min())
+    high = np.float32(a.max()) + np.float32(b.max())
+    return bool(low >= _TINY and np.isfinite(high))
+
+
+def usable(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the compiled tail applies to these sigma_sq vectors: float32, llvmlite present, and
+    ``normal_sums``."""
+    if a.dtype != np.float32 or b.dtype != np.float32:
+        return False
+    return normal_sums(a, b) and kernels() is not None
 
 
 def apply(tile: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float, attention_only: bool = False) -> None:

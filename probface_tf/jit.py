@@ -8,6 +8,7 @@ IR or has no JIT for this platform; the callers then fall back to NumPy.
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 
@@ -41,3 +42,15 @@ def compile_functions(ir: str, signatures: dict) -> tuple:
     engine = llvm.create_mcjit_compiler(module, machine)
     engine.finalize_object()
     return (engine, *[signature(engine.get_function_address(name)) for name, signature in signatures.items()])
+
+
+def compile_or_warn(ir: str, signatures: dict, what: str, fallback: str) -> tuple | None:
+    """``compile_functions``, or None for the NumPy fallback: silently without llvmlite, with a RuntimeWarning
+    ('<what> not compiled (<error>); <fallback>') when its LLVM cannot read the IR or has no JIT here."""
+    try:
+        return compile_functions(ir, signatures)
+    except ImportError:
+        return None
+    except RuntimeError as err:
+        warnings.warn(f"{what} not compiled ({err}); {fallback}", RuntimeWarning)
+        return None

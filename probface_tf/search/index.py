@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from probface_tf.search.bound import COSINE_SLACK, RELATIVE_SLACK, fastmls_of_cosine, fastmls_upper_bound
-from probface_tf.search.topk import SearchError, candidate_scores, check_score, merge_topk
+from probface_tf.search.topk import SearchError, candidate_scores, check_score, kth_largest, merge_topk
 
 try:
     import faiss
@@ -67,9 +67,7 @@ def shortlist(score: str, cos, ids, probe_s, gallery_s, k: int) -> np.ndarray:
         approx = fastmls_of_cosine(cos, mutual)
         slack = 2 * COSINE_SLACK / mutual + RELATIVE_SLACK * (1 + np.abs(approx))
     approx = np.where(ids < 0, -np.inf, approx)
-    keep_k = min(k, cos.shape[1])
-    kth = -np.partition(-(approx - slack), keep_k - 1, axis=1)[:, keep_k - 1:keep_k]
-    keep = approx + slack >= kth
+    keep = approx + slack >= kth_largest(approx - slack, k)[:, None]
     width = max(1, int(keep.sum(axis=1).max()))
     cols = np.argsort(-approx, axis=1, kind="stable")[:, :width]
     return np.where(np.take_along_axis(keep, cols, axis=1), np.take_along_axis(ids, cols, axis=1), -1)

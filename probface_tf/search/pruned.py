@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from probface_tf.fastmls_tail import normal_sums
 from probface_tf.search import survivors
 from probface_tf.search.bound import cosine_cut, cosine_slack, fastmls_of_cosine
-from probface_tf.search.topk import SearchError, block_scores, candidate_scores, exact_topk, merge_topk
+from probface_tf.search.topk import (SearchError, block_scores, candidate_scores, exact_topk, kth_largest,
+                                     merge_topk)
 
 BLOCK_ROWS = 4096
 SEED_ROWS = 1024  # a small first block, scored whole, gives every probe a k-th score to prune with
@@ -78,19 +80,15 @@ class Candidates:
             grow = width - self.scores.shape[1]
             self.scores = np.pad(self.scores, ((0, 0), (0, grow)), constant_values=-np.inf)
             self.ids = np.pad(self.ids, ((0, 0), (0, grow)), constant_values=-1)
-        width = self.scores.shape[1]
-        scores, ids = np.where(keep, scores, -np.inf)[:, :width], np.where(keep, ids, -1)[:, :width]
-        if scores.shape[1] < width:
-            scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
-            ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=-1)
-        self.scores[at], self.ids[at] = scores, ids
+        width = self.scores.shape[1]  # the merged rows hold the stored ones, so they are at least this wide
+        self.scores[at] = np.where(keep, scores, -np.inf)[:, :width]
+        self.ids[at] = np.where(keep, ids, -1)[:, :width]
 
 
 def _near_kth(scores: np.ndarray, k: int, margin_of) -> np.ndarray:
     """Flat indices of each row's k best entries of a score tile and of every entry within the margin of the
     k-th: the rest cannot come within the margin of the running k-th, which is at least the tile's."""
-    k = min(k, scores.shape[1])
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+    kth = kth_largest(scores, k)
     return np.flatnonzero(scores >= (kth - margin_of(kth))[:, None])
 
 
@@ -132,7 +130,7 @@ class PrunedScan:
         if probes.ndim != 2 or probes.shape[1] != self.mu.shape[1]:
             raise SearchError(f"probe mu must be [P, {self.mu.shape[1]}] to match the gallery, got {probes.shape}")
         k = min(int(k), len(self.mu))
-        if not len(probes) or not survivors.usable(s1_32, self.sigma_sq):
+        if not len(probes) or not normal_sums(s1_32, self.sigma_sq):
             # a zero or subnormal s1 + s2: the float32 filter is undefined there, score everything
             return exact_topk(probes, s1, self.mu, self.sigma_sq, k)
         norms = np.sqrt(np.einsum("ij,ij->i", probes, probes)).max()

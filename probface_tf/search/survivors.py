@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import functools
 import os
 import threading
-import warnings
 
 import numpy as np
 
 from probface_tf.fastmls_tail import tail_lines
-from probface_tf.jit import LANES, VEC, VECTOR_ATTRIBUTES, compile_functions, float_splat
+from probface_tf.jit import LANES, VEC, VECTOR_ATTRIBUTES, compile_or_warn, float_splat
 from probface_tf.mls import MLS_EPSILON
 
-_TINY = np.finfo(np.float32).tiny
 _SIGNATURE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                               ctypes.c_int64, ctypes.c_float)
@@ -170,21 +169,9 @@ def kernel():
     global _compiled
     with _lock:
         if _compiled is None:
-            try:
-                _compiled = compile_functions(module_ir(), {"topk_survivors": _SIGNATURE})
-            except ImportError:
-                _compiled = False
-            except RuntimeError as err:
-                warnings.warn(f"survivor scan not compiled ({err}); the exact search uses NumPy", RuntimeWarning)
-                _compiled = False
+            _compiled = compile_or_warn(module_ir(), {"topk_survivors": _SIGNATURE}, "survivor scan",
+                                        "the exact search uses NumPy") or False
     return _compiled[1] if _compiled else None
-
-
-def usable(s1: np.ndarray, s2: np.ndarray) -> bool:
-    """Whether float32 FastMLS is defined for every pair: each ``s1_i + s2_j`` a positive normal finite float32
-    (float addition is monotonic, so the extremes decide). The exact scan scores every entry otherwise."""
-    low, high = np.float32(s1.min()) + np.float32(s2.min()), np.float32(s1.max()) + np.float32(s2.max())
-    return bool(low >= _TINY and np.isfinite(high))
 
 
 def _numpy_survivors(cos, s1, s2, cut, floor, cap):
@@ -207,7 +194,7 @@ def survivors(cos: np.ndarray, s1: np.ndarray, s2: np.ndarray, cut: np.ndarray, 
     """Flat indices (row-major, int64) of the entries of ``cos [R, C]`` with ``cos >= cut[i]`` and a float32
     FastMLS ``>= floor[i]``, or None when more than ``cap`` survive. ``cos`` is float32 with contiguous rows
     (a slice of a larger buffer is fine); ``s1 [R]``, ``s2 [C]``, ``cut [R]``, ``floor [R]`` contiguous float32
-    with ``usable(s1, s2)``. The rows are split over the CPU's cores."""
+    with ``fastmls_tail.normal_sums(s1, s2)``. The rows are split over the CPU's cores."""
     vectors = (s1, s2, cut, floor)
     rows_ok = cos.ndim == 2 and cos.dtype == np.float32 and cos.strides[1] == 4 and cos.strides[0] % 4 == 0 \
         and cos.strides[0] >= 0
@@ -237,7 +224,8 @@ def survivors(cos: np.ndarray, s1: np.ndarray, s2: np.ndarray, cut: np.ndarray, 
     return None if flat.size > cap else flat
 
 
-def _threads() -> int:
+@functools.lru_cache(maxsize=None)
+def _threads() -> int:  # read once: it is asked for every tile
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
 
 

@@ -67,12 +67,16 @@ def candidate_scores(score: str, probe_mu, probe_s, gallery_mu, gallery_s, ids: 
     return np.where(ids < 0, -np.inf, flat.reshape(p, n))
 
 
+def kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """[P] the k-th largest entry of each row of [P, n] scores (the n-th when a row holds fewer than k)."""
+    k = min(k, scores.shape[1])
+    return -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+
+
 def block_candidates(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, columns) holding each row's k best entries of a [P, n] score block and every entry tied with
     the k-th (np.argpartition's cut is arbitrary among ties, and ties are ordered by row later)."""
-    keep = min(k, block.shape[1])
-    kth = -np.partition(-block, keep - 1, axis=1)[:, keep - 1:keep]
-    width = int((block >= kth).sum(axis=1).max())
+    width = int((block >= kth_largest(block, k)[:, None]).sum(axis=1).max())
     cols = np.argpartition(-block, width - 1, axis=1)[:, :width]
     return np.take_along_axis(block, cols, axis=1), cols
 
